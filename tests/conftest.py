@@ -1,0 +1,22 @@
+"""Shared test helpers: where the repository and ../shared live, and skips when data is absent."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("BABYLLAMA_SHARED", ROOT.parent / "shared"))
+sys.path.insert(0, str(ROOT))  # the top-level scripts (model.py, export.py, ...) are modules too
+
+AIDREAMS = SHARED / "models" / "aidreams260K"
+TINYSTORIES = SHARED / "data" / "tinystories"
+META_TOKENIZER = SHARED / "tokenizers" / "llama2" / "tokenizer.model"
+
+
+def need(path: Path) -> Path:
+    """Return path, or skip the test with a reason saying what is missing."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent (it lives in ../shared, next to the repository; "
+                    f"set BABYLLAMA_SHARED to point elsewhere)")
+    return path
