@@ -104,6 +104,62 @@ def read_tokenizer_bin(path, vocab_size):
     return max_len, pieces, scores
 
 
+# ---- BinTokenizer: llama2.c's tokenizer.bin rules, for models that come without a .model ----------
+class BinTokenizer:
+    """Encode and decode exactly as llama2.c's run.c does, from a tokenizer.bin alone (FORMATS.md §3-4).
+
+    encode: a dummy-prefix space, each UTF-8 character looked up (missing ones fall back to byte
+    tokens, id = byte + 3), then the adjacent pair whose merge is in the vocabulary with the highest
+    score is merged (first one on ties) until none is left. decode_piece: one leading space is dropped
+    after BOS, `<0xHH>` becomes that byte, and a single non-printable byte gives nothing (run.c's
+    safe_printf). Returns bytes, because pieces may be fragments of a UTF-8 character."""
+
+    def __init__(self, path, vocab_size):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"tokenizer file not found: {self.path}")
+        self.max_token_length, self.pieces, self.scores = read_tokenizer_bin(self.path, vocab_size)
+        self.n_words, self.bos_id, self.eos_id = vocab_size, 1, 2
+        self.lookup = {}
+        for i, p in enumerate(self.pieces):
+            self.lookup.setdefault(p, i)  # run.c's sorted-vocab search: any id of a duplicate piece
+
+    def encode(self, text: str, bos: bool = True, eos: bool = False) -> List[int]:
+        ids = [self.bos_id] if bos else []
+        if text:
+            ids.append(self.lookup[b" "])
+        for ch in text:
+            b = ch.encode("utf-8")
+            ids += [self.lookup[b]] if b in self.lookup else [x + 3 for x in b]
+        while True:  # run.c also tries BOS + first piece; harmless, kept for exactness
+            best, best_i, best_id = float("-inf"), -1, -1
+            for i in range(len(ids) - 1):
+                j = self.lookup.get(self.pieces[ids[i]] + self.pieces[ids[i + 1]])
+                if j is not None and self.scores[j] > best:
+                    best, best_i, best_id = self.scores[j], i, j
+            if best_i < 0:
+                break
+            ids[best_i:best_i + 2] = [best_id]
+        return ids + ([self.eos_id] if eos else [])
+
+    def decode_piece(self, prev: int, token: int) -> bytes:
+        piece = self.pieces[token]
+        if prev == self.bos_id and piece.startswith(b" "):
+            piece = piece[1:]
+        if len(piece) == 6 and piece.startswith(b"<0x") and piece.endswith(b">"):
+            try:
+                piece = bytes([int(piece[3:5], 16)])
+            except ValueError:
+                pass
+        if len(piece) == 1 and not (0x20 <= piece[0] < 0x7F or piece[0] in b" \t\n\v\f\r"):
+            return b""
+        return piece
+
+    def decode(self, ids: List[int]) -> bytes:
+        """Bytes that run.c prints for a sequence that starts with ids[0] (usually BOS)."""
+        return b"".join(self.decode_piece(a, b) for a, b in zip(ids, ids[1:]))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Export a sentencepiece model to llama2.c's tokenizer.bin")
     ap.add_argument("-t", "--tokenizer-model", default=str(DEFAULT_MODEL),
