@@ -24,6 +24,7 @@ any tokenizer other than sentencepiece.
 """
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -178,6 +179,401 @@ def train_vocab(vocab_size, paths, out_path=None, sample=100_000, seed=1337, val
 
 
 # ----------------------------------------------------------------------------------------------
+# Encoding stories fast
+
+
+class StoryEncoder:
+    """Story text -> ids, with BOS first, equal to sentencepiece's own encoding but faster.
+
+    The text is cut before every run of spaces into chunks (" +[^ ]*", after the dummy-prefix
+    space). When no piece holds a space after a non-space character (true of llama2.c-style BPE:
+    sentencepiece only lets U+2581 start a piece, or fill it), no merge can cross a chunk boundary,
+    so each chunk encodes on its own and a dict caches the ids of chunks already seen (stories
+    reuse few words). Tokenizers without that property are encoded whole."""
+
+    def __init__(self, model_path, max_cache=1 << 20):
+        import re
+        import sentencepiece as spm
+        self.sp = spm.SentencePieceProcessor(model_file=str(model_path))
+        self.bos = self.sp.bos_id()
+        self.max_cache = max_cache
+        self.cache = {}
+        self.chunks = re.compile(" +[^ ]*").findall
+        ws = "\u2581"
+        pieces = (self.sp.id_to_piece(i) for i in range(self.sp.vocab_size()))
+        self.chunked = all(ws not in p.lstrip(ws) for p in pieces)
+
+    def encode(self, story):
+        if not self.chunked or not story or story[0] == " " or story[-1] == " ":
+            return [self.bos] + self.sp.encode(story)
+        ids, cache = [self.bos], self.cache
+        for c in self.chunks(" " + story):
+            got = cache.get(c)
+            if got is None:
+                got = self.sp.encode(c[1:])  # sentencepiece's dummy prefix restores the space
+                if len(cache) >= self.max_cache:
+                    cache.clear()  # bounded memory on any input
+                cache[c] = got
+            ids += got
+        return ids
+
+
+# ----------------------------------------------------------------------------------------------
+# Shards: a 64-byte header of our own, then the ids (see docs/SHARDS.md)
+
+MAGIC = b"BLTOKENS"
+VERSION = 1
+HEADER = struct.Struct("<8sIIIIQQQ16s")  # magic, version, header size, vocab, width, tokens, stories, bytes, sha
+assert HEADER.size == 48 + 16
+
+
+def token_dtype(vocab_size):
+    return np.uint16 if vocab_size <= 65536 else np.uint32
+
+
+def pack_header(vocab_size, n_tokens, n_stories, n_bytes, sha256_hex):
+    width = np.dtype(token_dtype(vocab_size)).itemsize
+    return HEADER.pack(MAGIC, VERSION, HEADER.size, vocab_size, width, n_tokens, n_stories, n_bytes,
+                       bytes.fromhex(sha256_hex)[:16])
+
+
+def read_header(path):
+    """The header of a shard as a dict, after checking magic, version, width and file size."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(HEADER.size)
+    if len(raw) < HEADER.size or raw[:8] != MAGIC:
+        raise ValueError(f"{path}: not a babyllama token shard (bad magic)")
+    magic, version, hsize, vocab, width, n_tok, n_st, n_by, sha = HEADER.unpack(raw)
+    if version != VERSION or hsize != HEADER.size:
+        raise ValueError(f"{path}: shard format version {version} (header {hsize} bytes); "
+                         f"this reader knows version {VERSION}")
+    if width != np.dtype(token_dtype(vocab)).itemsize:
+        raise ValueError(f"{path}: token width {width} does not fit vocab size {vocab}")
+    if size != HEADER.size + n_tok * width:
+        raise ValueError(f"{path}: {size} bytes on disk but the header promises "
+                         f"{HEADER.size + n_tok * width} ({n_tok} tokens): truncated or corrupt")
+    return {"vocab_size": vocab, "width": width, "n_tokens": n_tok, "n_stories": n_st,
+            "n_bytes": n_by, "sha256_prefix": sha.hex()}
+
+
+def open_shard(path, vocab_size=None, sha256=None):
+    """Memory-map a shard's ids, refusing one made with another tokenizer."""
+    h = read_header(path)
+    if vocab_size is not None and h["vocab_size"] != vocab_size:
+        raise ValueError(f"{path}: made with a {h['vocab_size']}-piece tokenizer, expected {vocab_size}")
+    if sha256 is not None and h["sha256_prefix"] != sha256[:32]:
+        raise ValueError(f"{path}: made with another tokenizer (sha256 {h['sha256_prefix']}..., "
+                         f"expected {sha256[:32]}...)")
+    if h["n_tokens"] == 0:
+        return np.zeros(0, dtype=token_dtype(h["vocab_size"]))
+    return np.memmap(path, dtype=token_dtype(h["vocab_size"]), mode="r", offset=HEADER.size,
+                     shape=(h["n_tokens"],))
+
+
+def shard_name(split, i):
+    return f"{split}_{i:05d}.bin"
+
+
+def shard_done(path, vocab_size, sha256):
+    try:
+        open_shard(path, vocab_size, sha256)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+class ShardWriter:
+    """One shard being written: tokens stream to NAME.tmp; close() writes the header and renames."""
+
+    def __init__(self, path, vocab_size, sha256):
+        self.path, self.vocab_size, self.sha256 = Path(path), vocab_size, sha256
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.f = open(self.tmp, "wb")
+        self.f.write(b"\0" * HEADER.size)  # filled in by close()
+        self.n_tokens = self.n_stories = self.n_bytes = 0
+
+    def write(self, ids, n_stories, n_bytes):
+        self.f.write(ids.tobytes())
+        self.n_tokens += len(ids)
+        self.n_stories += n_stories
+        self.n_bytes += n_bytes
+
+    def close(self):
+        self.f.seek(0)
+        self.f.write(pack_header(self.vocab_size, self.n_tokens, self.n_stories, self.n_bytes, self.sha256))
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+
+# ----------------------------------------------------------------------------------------------
+# pretokenize
+
+_worker_encoder = None
+
+
+def _init_worker(model_path):
+    global _worker_encoder
+    _worker_encoder = StoryEncoder(model_path)
+
+
+def _encode_block(stories, val_frac, dtype):
+    """(train ids, val ids, [n_stories, n_bytes] per split) for a block of stories; in a worker."""
+    out = {"train": [], "val": []}
+    stats = {"train": [0, 0], "val": [0, 0]}
+    for s in stories:
+        split = "val" if is_val(s, val_frac) else "train"
+        out[split].append(np.asarray(_worker_encoder.encode(s), dtype=dtype))
+        stats[split][0] += 1
+        stats[split][1] += len(s.encode("utf-8"))
+    ids = {k: (np.concatenate(v) if v else np.zeros(0, dtype=dtype)) for k, v in out.items()}
+    return ids, stats
+
+
+def _blocks(stories, n):
+    block = []
+    for s in stories:
+        block.append(s)
+        if len(block) == n:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _shards(paths, shard_stories):
+    """(shard index, iterator of story blocks) for consecutive groups of shard_stories stories."""
+    it = iter_stories(paths)
+    i = 0
+    while True:
+        group = []
+        for s in it:
+            group.append(s)
+            if len(group) == shard_stories:
+                break
+        if not group:
+            return
+        yield i, group
+        i += 1
+        if len(group) < shard_stories:
+            return
+
+
+def default_out_dir(tok_path, sha256, vocab_size):
+    return DATA_DIR / f"tok{vocab_size}_{sha256[:8]}"
+
+
+def load_meta(bin_dir):
+    """meta.json of a shard directory (tokenizer identity, vocab size, per-split counts)."""
+    p = Path(bin_dir) / "meta.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: run `python tinystories.py pretokenize` first "
+                                f"(or pass the directory it wrote)")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not valid JSON ({e})") from None
+
+
+def _write_json(path, obj):
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def pretokenize(paths, tokenizer_path=None, out_dir=None, val_frac=0.02, shard_stories=50_000,
+                workers=None, block_stories=512, progress=True):
+    """Encode every story into shards under out_dir (default data/tok{V}_{sha8}); return out_dir.
+    Shard i holds input stories [i*shard_stories, (i+1)*shard_stories), split into train_i / val_i.
+    Finished shards are skipped on a re-run, so an interrupted run picks up where it stopped."""
+    from multiprocessing import get_context
+    from tqdm import tqdm
+    from tokenizer import Tokenizer
+
+    tok = Tokenizer(tokenizer_path) if tokenizer_path else Tokenizer()
+    ident = tok.identity()
+    sha, vocab = ident["sha256"], ident["vocab_size"]
+    dtype = token_dtype(vocab)
+    out_dir = Path(out_dir) if out_dir else default_out_dir(tok.model_path, sha, vocab)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"tokenizer_sha256": sha, "vocab_size": vocab, "val_frac": val_frac,
+                "shard_stories": shard_stories, "inputs": [p.name for p in paths]}
+    meta_path = out_dir / "meta.json"
+    if meta_path.is_file():
+        old = load_meta(out_dir).get("settings") or {}
+        diff = [k for k in settings if old.get(k) != settings[k]]
+        if diff:
+            raise ValueError(f"{out_dir} holds shards made with another {', '.join(diff)}; "
+                             f"use another --out_dir or delete it")
+    meta = {"format": "babyllama token shards", "version": VERSION, "complete": False,
+            "settings": settings, "tokenizer": ident, "vocab_size": vocab,
+            "token_width": np.dtype(dtype).itemsize}
+    _write_json(meta_path, meta)
+
+    workers = workers or os.cpu_count()
+    pool = get_context("fork" if sys.platform == "linux" else "spawn").Pool(
+        workers, initializer=_init_worker, initargs=(str(tok.model_path),))
+    bar = tqdm(unit="tok", unit_scale=True, disable=not progress, smoothing=0.1,
+               desc=f"pretokenize -> {out_dir}")
+    names = {"train": [], "val": []}
+    n_skipped = 0
+    try:
+        for i, group in _shards(paths, shard_stories):
+            targets = {k: out_dir / shard_name(k, i) for k in ("train", "val")}
+            for k, p in targets.items():
+                names[k].append(p.name)
+            if all(shard_done(p, vocab, sha) for p in targets.values()):
+                n_skipped += 1
+                continue
+            writers = {k: ShardWriter(p, vocab, sha) for k, p in targets.items()}
+            # ordered results, at most 2 blocks in flight per worker: bounded memory
+            pending = []
+            blocks = _blocks(group, block_stories)
+            for block in blocks:
+                pending.append(pool.apply_async(_encode_block, (block, val_frac, dtype)))
+                if len(pending) >= 2 * workers:
+                    _drain(pending.pop(0), writers, bar)
+            while pending:
+                _drain(pending.pop(0), writers, bar)
+            for w in writers.values():
+                w.close()
+        pool.close()
+    finally:
+        pool.terminate()
+        bar.close()
+    if not names["train"]:
+        raise ValueError("no stories found in the input files")
+    splits = {}
+    for k in ("train", "val"):
+        hs = [read_header(out_dir / n) for n in names[k]]
+        splits[k] = {"n_tokens": sum(h["n_tokens"] for h in hs), "n_bytes": sum(h["n_bytes"] for h in hs),
+                     "n_stories": sum(h["n_stories"] for h in hs), "shards": names[k]}
+    meta.update(complete=True, splits=splits)
+    _write_json(meta_path, meta)
+    if progress:
+        t, v = splits["train"], splits["val"]
+        print(f"{out_dir}: train {t['n_tokens']:,} tokens ({t['n_stories']:,} stories), "
+              f"val {v['n_tokens']:,} tokens ({v['n_stories']:,} stories); "
+              f"{n_skipped} finished shard(s) skipped")
+    return out_dir
+
+
+def _drain(result, writers, bar):
+    ids, stats = result.get()
+    for k, w in writers.items():
+        w.write(ids[k], *stats[k])
+    n = len(ids["train"]) + len(ids["val"])
+    bar.update(n)
+
+
+# ----------------------------------------------------------------------------------------------
+# The training-time reader
+
+SPLIT_ID = {"train": 0, "val": 1}
+
+
+class TokenStream:
+    """All shards of one split, memory-mapped, seen as one concatenated array of ids."""
+
+    def __init__(self, bin_dir, split, vocab_size=None):
+        if split not in SPLIT_ID:
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        meta = load_meta(bin_dir)
+        if not meta.get("complete"):
+            raise ValueError(f"{bin_dir}: pretokenize did not finish (meta.json says incomplete); run it again")
+        if vocab_size is not None and meta["vocab_size"] != vocab_size:
+            raise ValueError(f"vocab mismatch: the model has vocab_size {vocab_size} but the shards in "
+                             f"{bin_dir} were made with a {meta['vocab_size']}-piece tokenizer "
+                             f"({meta['tokenizer']['path']})")
+        sha = meta["tokenizer"]["sha256"]
+        self.shards = [open_shard(Path(bin_dir) / n, meta["vocab_size"], sha)
+                       for n in meta["splits"][split]["shards"]]
+        self.shards = [s for s in self.shards if len(s)]
+        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
+        self.n_tokens = int(self.offsets[-1])
+        self.meta = meta
+
+    def window(self, start, n):
+        """ids[start:start+n] of the concatenation, across shard boundaries if need be."""
+        i = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        lo = start - int(self.offsets[i])
+        if lo + n <= len(self.shards[i]):
+            return self.shards[i][lo:lo + n]
+        parts = []
+        while n > 0:
+            take = self.shards[i][lo:lo + n]
+            parts.append(take)
+            n -= len(take)
+            i, lo = i + 1, 0
+        return np.concatenate(parts)
+
+
+def get_batch(stream, k, batch_size, seq_len, seed, rank, split):
+    """Batch k: a pure function of (seed, rank, split, k) and the data."""
+    import torch
+    n_starts = stream.n_tokens - seq_len
+    if n_starts < 1:
+        raise ValueError(f"the {split} split has {stream.n_tokens} tokens, too few for seq_len {seq_len}")
+    rng = np.random.default_rng([seed, rank, SPLIT_ID[split], k])
+    starts = rng.integers(0, n_starts, size=batch_size)
+    xy = np.stack([stream.window(int(s), seq_len + 1) for s in starts]).astype(np.int64)
+    xy = torch.from_numpy(xy)
+    return xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
+
+
+def _batch_dataset(bin_dir, split, batch_size, seq_len, seed, rank, start_batch, vocab_size):
+    import torch
+
+    class Batches(torch.utils.data.IterableDataset):
+        """Worker w of n makes batches k = start_batch + w, + w + n, ...; the DataLoader takes
+        workers in turn, so the order of k is kept."""
+
+        def __iter__(self):
+            info = torch.utils.data.get_worker_info()
+            w, n = (info.id, info.num_workers) if info else (0, 1)
+            stream = TokenStream(bin_dir, split, vocab_size)  # opened in the worker: no shared maps
+            k = start_batch + w
+            while True:
+                yield get_batch(stream, k, batch_size, seq_len, seed, rank, split)
+                k += n
+
+    return Batches()
+
+
+def iter_batches(split, batch_size, seq_len, bin_dir, device="cpu", seed=1337, rank=0, world_size=1,
+                 num_workers=0, start_batch=0, vocab_size=None):
+    """Endless (x, y) int64 batches [batch_size, seq_len] of random windows of the split, y = x
+    shifted by one. Batch k of a rank is a pure function of (seed, rank, split, k): a resumed run
+    passes start_batch = batches already consumed. vocab_size: the model's, checked against the
+    shards. Same arguments -> same stream, so the validation stream is the same at every eval."""
+    import torch
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    stream = TokenStream(bin_dir, split, vocab_size)  # bad shards fail here, in the caller
+    if stream.n_tokens <= seq_len:
+        raise ValueError(f"the {split} split of {bin_dir} has {stream.n_tokens} tokens, "
+                         f"too few for seq_len {seq_len}")
+    device = torch.device(device)
+    pin = device.type == "cuda"
+    if num_workers > 0:
+        ds = _batch_dataset(bin_dir, split, batch_size, seq_len, seed, rank, start_batch, vocab_size)
+        source = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers,
+                                             pin_memory=pin, persistent_workers=False)
+    else:
+        source = (get_batch(stream, k, batch_size, seq_len, seed, rank, split)
+                  for k in itertools.count(start_batch))
+    return _to_device(source, device, pin)  # a plain function: bad arguments raise at the call
+
+
+def _to_device(source, device, pin):
+    for x, y in source:
+        if device.type != "cpu":
+            x, y = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+        yield x, y
+
+
+# ----------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -200,11 +596,35 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--out", default=None, help="output .model (default data/tok{N}.model)")
 
+    p = sub.add_parser("pretokenize", help="stories -> token shards + meta.json")
+    inputs(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--vocab_size", type=int, default=None,
+                   help="use data/tok{N}.model made by train_vocab")
+    g.add_argument("--tokenizer", default=None,
+                   help="sentencepiece .model (default: the project's tokenizer.model)")
+    p.add_argument("--out_dir", default=None, help="shard directory (default data/tok{V}_{sha8})")
+    p.add_argument("--shard_stories", type=int, default=50_000, help="input stories per shard")
+    p.add_argument("--workers", type=int, default=None, help="encoding processes (default: every core)")
+
     args = ap.parse_args(argv)
     try:
         if args.cmd == "train_vocab":
             paths = find_inputs(args.data_dir, args.files)
             train_vocab(args.vocab_size, paths, args.out, args.sample, args.seed, args.val_frac)
+        elif args.cmd == "pretokenize":
+            if not 0 <= args.val_frac < 1:
+                raise ValueError(f"--val_frac must be in [0, 1), got {args.val_frac}")
+            if args.shard_stories < 1:
+                raise ValueError(f"--shard_stories must be positive, got {args.shard_stories}")
+            tok = args.tokenizer
+            if args.vocab_size is not None:
+                tok = DATA_DIR / f"tok{args.vocab_size}.model"
+                if not tok.is_file():
+                    raise FileNotFoundError(f"{tok} not found: run `python tinystories.py train_vocab "
+                                            f"--vocab_size {args.vocab_size}` first")
+            paths = find_inputs(args.data_dir, args.files)
+            pretokenize(paths, tok, args.out_dir, args.val_frac, args.shard_stories, args.workers)
     except (FileNotFoundError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
 
