@@ -8,7 +8,8 @@ training-time batch reader.
     python tinystories.py pretokenize --vocab_size 4096 # with data/tok4096.model
     python tinystories.py pretokenize --tokenizer ../shared/tokenizers/llama2/tokenizer.model
 
-Input (any command): --data_dir DIR or explicit files (default: $TINYSTORIES_DIR, else data/),
+Input (any command): --data_dir DIR or explicit files (default: $TINYSTORIES_DIR, else what
+`download` fetched: data/TinyStories_all_data/ or data/TinyStories/),
 in the data set's native layouts (../shared/docs/FORMATS.md §1): `.txt` with a `<|endoftext|>` line
 after each story, and the all_data JSON shards `data*.json` (lists of objects with `story` and an
 `instruction` whose prompt key is `prompt` or `prompt:`).
@@ -43,6 +44,65 @@ EOT = "<|endoftext|>"
 HF_REPO = "roneneldan/TinyStories"
 
 # ----------------------------------------------------------------------------------------------
+# download
+
+DOWNLOADS = {  # what -> (files in the hub repo, folder under data/)
+    "all_data": (["TinyStories_all_data.tar.gz"], "TinyStories_all_data"),
+    "txt": (["TinyStories-train.txt", "TinyStories-valid.txt"], "TinyStories"),
+    "gpt4": (["TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt"], "TinyStories"),
+}
+OFFLINE_HELP = ("cannot reach the Hugging Face hub; to use a local copy of TinyStories instead, pass "
+                "--data_dir DIR (or set TINYSTORIES_DIR=DIR) to a folder of its .txt or data*.json files")
+
+
+def hub_reachable(timeout=5.0):
+    """Can we open a TCP connection to the hub within timeout seconds (DNS included)?"""
+    import threading
+    from urllib.parse import urlparse
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname, url.port or (80 if url.scheme == "http" else 443)
+    ok = []
+
+    def probe():  # in a thread: getaddrinfo itself has no timeout
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(ok)
+
+
+def download(what="all_data", data_dir=DATA_DIR):
+    """Fetch TinyStories from the hub into data_dir/<folder> (hf_hub_download resumes partial
+    files and shows a progress bar), and unpack the all_data tarball. Returns the folder."""
+    if not hub_reachable():
+        raise ConnectionError(OFFLINE_HELP)
+    import tarfile
+    from huggingface_hub import hf_hub_download
+    files, folder = DOWNLOADS[what]
+    dest = Path(data_dir) / folder
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        path = Path(hf_hub_download(HF_REPO, name, repo_type="dataset", local_dir=dest))
+        if name.endswith(".tar.gz") and not (dest / "data49.json").is_file():
+            print(f"unpacking {path} ...")
+            tmp = dest / "unpack.tmp"
+            with tarfile.open(path) as tar:
+                tar.extractall(tmp, filter="data")
+            for p in tmp.rglob("data*.json"):
+                os.replace(p, dest / p.name)
+            import shutil
+            shutil.rmtree(tmp)
+    print(f"TinyStories ({what}) is in {dest}")
+    return dest
+
+
+# ----------------------------------------------------------------------------------------------
 # Reading the native layouts
 
 
@@ -55,7 +115,8 @@ def find_inputs(data_dir=None, files=None):
             if not p.is_file():
                 raise FileNotFoundError(f"input file not found: {p}")
         return paths
-    d = Path(data_dir or os.environ.get("TINYSTORIES_DIR") or DATA_DIR)
+    default = next((DATA_DIR / f for _, f in DOWNLOADS.values() if (DATA_DIR / f).is_dir()), DATA_DIR)
+    d = Path(data_dir or os.environ.get("TINYSTORIES_DIR") or default)
     if not d.is_dir():
         raise FileNotFoundError(f"data directory not found: {d} (pass --data_dir DIR, set "
                                 f"TINYSTORIES_DIR, or run `python tinystories.py download`)")
@@ -582,10 +643,15 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
+    p = sub.add_parser("download", help="fetch TinyStories from the Hugging Face hub into data/")
+    p.add_argument("--what", choices=sorted(DOWNLOADS), default="all_data",
+                   help="all_data: the 50 JSON shards (1.6 GB tarball); txt / gpt4: the .txt releases")
+
     def inputs(p):
         p.add_argument("files", nargs="*", help="input files (.txt or data*.json); default: --data_dir")
         p.add_argument("--data_dir", default=None,
-                       help="directory of TinyStories files (default: $TINYSTORIES_DIR, else data/)")
+                       help="directory of TinyStories files (default: $TINYSTORIES_DIR, else the "
+                            "folder `download` filled under data/)")
         p.add_argument("--val_frac", type=float, default=0.02,
                        help="fraction of stories held out for validation, chosen by a hash of the text")
 
@@ -609,7 +675,9 @@ def main(argv=None):
 
     args = ap.parse_args(argv)
     try:
-        if args.cmd == "train_vocab":
+        if args.cmd == "download":
+            download(args.what)
+        elif args.cmd == "train_vocab":
             paths = find_inputs(args.data_dir, args.files)
             train_vocab(args.vocab_size, paths, args.out, args.sample, args.seed, args.val_frac)
         elif args.cmd == "pretokenize":
@@ -625,7 +693,7 @@ def main(argv=None):
                                             f"--vocab_size {args.vocab_size}` first")
             paths = find_inputs(args.data_dir, args.files)
             pretokenize(paths, tok, args.out_dir, args.val_frac, args.shard_stories, args.workers)
-    except (FileNotFoundError, ValueError, OSError) as e:
+    except (FileNotFoundError, ValueError, OSError) as e:  # ConnectionError is an OSError
         sys.exit(f"error: {e}")
 
 
