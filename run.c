@@ -1,0 +1,1136 @@
+/*
+ * run.c: inference for Llama 2 models in one file of pure C (C11, libc + libm; OpenMP optional).
+ *
+ * What it does: memory-maps a llama2.c checkpoint (version 0 "legacy", version 1 fp32, version 2
+ * int8 groups; told apart by the header, FORMATS.md §2), reads llama2.c's tokenizer.bin (§3),
+ * encodes prompts exactly like sentencepiece, runs the transformer one token at a time with a KV
+ * cache (grouped-query attention), samples like llama2.c (same RNG, same top-p), and tells a story
+ * or chats from the command line. The public API (babyllama.h) serves the Python bindings.
+ * What it does not do: train, export, or run on a GPU. Nothing here exits on bad input except
+ * main(): every library function returns an error code with a one-line message.
+ *
+ * Sections: errors, checkpoint, kernels, forward, tokenizer, sampler, generation, CLI.
+ *
+ *     make && ./run model.bin -z tokenizer.bin -i "Once upon a time"
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "babyllama.h"
+
+// ----------------------------------------------------------------------------------------------
+// errors
+
+// Write a one-line message into err (when given) and return code, so callers can `return fail(...)`.
+static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
+    if (err && errlen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+// a * b in 64 bits; returns 1 on overflow (header fields are untrusted, so every size is checked)
+static int mul_overflows(uint64_t a, uint64_t b, uint64_t *out) {
+    if (a != 0 && b > UINT64_MAX / a) return 1;
+    *out = a * b;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------------------------
+// checkpoint
+
+#define MAGIC 0x616b3432u      // "ak42": versions 1 and 2 start with it; version 0 has no magic
+#define V0_HEADER 28           // 7 int32
+#define V1_HEADER 256          // magic, version, 7 int32, shared byte, group size, zero padding
+#define MAX_FIELD (1 << 24)    // no header field is larger; keeps every 2-factor product < 2^48
+
+// One weight matrix for every layer. The layers lie `stride` bytes apart in the mapped file.
+typedef struct {
+    const char *p;    // layer 0's data in the map (NULL while only measuring the layout)
+    uint64_t stride;  // bytes from one layer's matrix to the next
+    int rows, cols;   // shape [rows, cols] per layer: y = W x maps cols values to rows values
+    int gs;           // 0: fp32 rows; > 0: int8 values then one fp32 scale per gs values (Q8_0)
+} Tensor;
+
+typedef struct {
+    Tensor tok_emb;           // [V, D]
+    Tensor rms_att, rms_ffn;  // [L] x [1, D], always fp32
+    Tensor rms_final;         // [1, D], always fp32
+    Tensor wq, wk, wv, wo;    // [L] x [D, D], [KV, D], [KV, D], [D, D]
+    Tensor w1, w2, w3;        // [L] x [H, D], [D, H], [H, D]
+    Tensor wcls;              // [V, D]; the same as tok_emb when the classifier is shared
+} Weights;
+
+// Walks the file's tensors in order; with base NULL it only adds up their sizes.
+typedef struct {
+    const char *base;  // start of the mapped file, or NULL while measuring
+    uint64_t off;      // bytes used so far
+    int overflow;      // a size did not fit in 64 bits (a lying header)
+} Cursor;
+
+// The next tensor: `layers` matrices [rows, cols], fp32 (gs 0) or int8 groups of gs.
+static Tensor take(Cursor *c, int layers, int rows, int cols, int gs) {
+    uint64_t n = (uint64_t)rows * (uint64_t)cols;  // < 2^48: both fields are <= MAX_FIELD
+    uint64_t per = gs ? n + n / (uint64_t)gs * 4 : n * 4;
+    Tensor t = {c->base ? c->base + c->off : NULL, per, rows, cols, gs};
+    uint64_t all;
+    if (mul_overflows(per, (uint64_t)layers, &all) || c->off + all < c->off) c->overflow = 1;
+    else c->off += all;
+    return t;
+}
+
+// The tensors in file order (FORMATS.md §2). Called twice: to measure, then to place pointers.
+static void layout(Weights *w, Cursor *c, const bl_config *p) {
+    int D = p->dim, H = p->hidden_dim, L = p->n_layers, V = p->vocab_size;
+    int hs = D / p->n_heads, KV = p->n_kv_heads * hs, q = p->version == 2 ? p->group_size : 0;
+    if (p->version == 0) {
+        w->tok_emb = take(c, 1, V, D, 0);
+        w->rms_att = take(c, L, 1, D, 0);
+        w->wq = take(c, L, D, D, 0), w->wk = take(c, L, KV, D, 0);
+        w->wv = take(c, L, KV, D, 0), w->wo = take(c, L, D, D, 0);
+        w->rms_ffn = take(c, L, 1, D, 0);
+        w->w1 = take(c, L, H, D, 0), w->w2 = take(c, L, D, H, 0), w->w3 = take(c, L, H, D, 0);
+        w->rms_final = take(c, 1, 1, D, 0);
+        take(c, 2, p->seq_len, hs / 2, 0);  // the old RoPE tables (cos, sin): recomputed instead
+    } else {
+        w->rms_att = take(c, L, 1, D, 0), w->rms_ffn = take(c, L, 1, D, 0);
+        w->rms_final = take(c, 1, 1, D, 0);
+        w->tok_emb = take(c, 1, V, D, q);
+        w->wq = take(c, L, D, D, q), w->wk = take(c, L, KV, D, q);
+        w->wv = take(c, L, KV, D, q), w->wo = take(c, L, D, D, q);
+        w->w1 = take(c, L, H, D, q), w->w2 = take(c, L, D, H, q), w->w3 = take(c, L, H, D, q);
+    }
+    w->wcls = p->shared_classifier ? w->tok_emb : take(c, 1, V, D, q);
+}
+
+// Little-endian int32 at p, independent of the host's byte order and alignment.
+static int32_t rd_i32(const unsigned char *p) {
+    return (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+}
+
+// Parse the header (h holds the first `n` bytes of the file) into cfg; returns its size or -1.
+static int parse_header(const unsigned char *h, size_t n, bl_config *cfg, const char *path,
+                        char *err, size_t errlen) {
+    memset(cfg, 0, sizeof *cfg);
+    int versioned = n >= 4 && (uint32_t)rd_i32(h) == MAGIC, at = versioned ? 8 : 0;
+    if (n < (size_t)(versioned ? V1_HEADER : V0_HEADER)) {
+        fail(err, errlen, BL_ERR_FORMAT, "%s: file is %zu bytes, too short for a checkpoint header", path, n);
+        return -1;
+    }
+    cfg->version = versioned ? rd_i32(h + 4) : 0;
+    if (versioned && cfg->version != 1 && cfg->version != 2) {
+        fail(err, errlen, BL_ERR_FORMAT, "%s: unsupported checkpoint version %d (expected 1 or 2)", path, cfg->version);
+        return -1;
+    }
+    int *f[7] = {&cfg->dim, &cfg->hidden_dim, &cfg->n_layers, &cfg->n_heads, &cfg->n_kv_heads,
+                 &cfg->vocab_size, &cfg->seq_len};
+    for (int i = 0; i < 7; i++) *f[i] = rd_i32(h + at + 4 * i);
+    cfg->shared_classifier = versioned ? h[36] : cfg->vocab_size > 0;
+    // version 0 marks an unshared classifier with a negative vocab size (INT32_MIN has no positive)
+    if (!versioned && cfg->vocab_size < 0 && cfg->vocab_size != INT32_MIN) cfg->vocab_size = -cfg->vocab_size;
+    cfg->group_size = cfg->version == 2 ? rd_i32(h + 37) : 0;
+    return versioned ? V1_HEADER : V0_HEADER;
+}
+
+// The header's numbers must describe a model this code can run, before any size is computed.
+static int check_config(const bl_config *p, const char *path, char *err, size_t errlen) {
+    const char *name[7] = {"dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"};
+    int val[7] = {p->dim, p->hidden_dim, p->n_layers, p->n_heads, p->n_kv_heads, p->vocab_size, p->seq_len};
+    const char *what = p->version ? "" : " (no 'ak42' magic, so read as a version 0 header)";
+    for (int i = 0; i < 7; i++)
+        if (val[i] <= 0 || val[i] > MAX_FIELD)
+            return fail(err, errlen, BL_ERR_FORMAT, "%s: bad header%s: %s = %d is not in 1..%d",
+                        path, what, name[i], val[i], MAX_FIELD);
+    if (p->dim % p->n_heads || (p->dim / p->n_heads) % 2)
+        return fail(err, errlen, BL_ERR_FORMAT, "%s: bad header%s: dim %d is not n_heads %d times an even head size",
+                    path, what, p->dim, p->n_heads);
+    if (p->n_kv_heads > p->n_heads || p->n_heads % p->n_kv_heads)
+        return fail(err, errlen, BL_ERR_FORMAT, "%s: bad header: n_kv_heads %d does not divide n_heads %d",
+                    path, p->n_kv_heads, p->n_heads);
+    if (p->version && p->shared_classifier > 1)
+        return fail(err, errlen, BL_ERR_FORMAT, "%s: bad header: shared_classifier byte is %d (expected 0 or 1)",
+                    path, p->shared_classifier);
+    if (p->version == 2 && (p->group_size <= 0 || p->dim % p->group_size || p->hidden_dim % p->group_size))
+        return fail(err, errlen, BL_ERR_FORMAT, "%s: bad header: group_size %d does not divide dim %d and hidden_dim %d",
+                    path, p->group_size, p->dim, p->hidden_dim);
+    return BL_OK;
+}
+
+// ----------------------------------------------------------------------------------------------
+// tokenizer data (the code that uses it is in the tokenizer section below)
+
+typedef struct {
+    const char *str;  // piece bytes (not NUL-terminated)
+    int len;
+    int id;
+} PieceIndex;
+
+typedef struct {
+    char *data;                   // the whole tokenizer.bin; every piece points into it
+    const char **piece;           // [V] piece bytes
+    int *len;                     // [V] piece lengths
+    float *score;                 // [V] merge scores: higher merges first
+    PieceIndex *sorted;           // [n_sorted] mergeable pieces sorted by bytes, for bsearch
+    int n_sorted, vocab_size, max_len;
+    int byte_id[256];             // id of the piece "<0xHH>" for byte HH (byte fallback), or -1
+    char byte_char[256];          // byte_char[b] == b: one-byte strings for decoding "<0xHH>"
+} Tokenizer;
+
+struct bl_model {
+    bl_config cfg;
+    Weights w;
+    void *map;          // the memory-mapped checkpoint
+    size_t map_size;
+    Tokenizer *tok;     // NULL when opened without a tokenizer
+};
+
+static int build_tokenizer(Tokenizer **out, const char *path, int vocab_size, char *err, size_t errlen);
+static void free_tokenizer(Tokenizer *t);
+
+// Validate and map the checkpoint into m (cfg, w, map). Nothing points into the file until its
+// size equals exactly what the header implies.
+static int map_checkpoint(bl_model *m, const char *path, char *err, size_t errlen) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return fail(err, errlen, BL_ERR_IO, "%s: cannot open checkpoint: %s", path, strerror(errno));
+    struct stat st;
+    unsigned char h[V1_HEADER];
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return fail(err, errlen, BL_ERR_IO, "%s: not a regular file", path);
+    }
+    ssize_t got = pread(fd, h, sizeof h, 0);
+    int rc = BL_OK, hsize = got < 0 ? -1 : parse_header(h, (size_t)got, &m->cfg, path, err, errlen);
+    if (got < 0) rc = fail(err, errlen, BL_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
+    else if (hsize < 0) rc = BL_ERR_FORMAT;
+    else rc = check_config(&m->cfg, path, err, errlen);
+    Cursor c = {NULL, (uint64_t)(hsize < 0 ? 0 : hsize), 0};
+    if (rc == BL_OK) layout(&m->w, &c, &m->cfg);
+    if (rc == BL_OK && (c.overflow || c.off != (uint64_t)st.st_size)) {
+        const bl_config *p = &m->cfg;
+        rc = fail(err, errlen, BL_ERR_FORMAT,
+                  "%s: file is %lld bytes but its version %d header (dim %d, hidden_dim %d, n_layers %d, n_heads %d, "
+                  "n_kv_heads %d, vocab_size %d, seq_len %d) implies %s%llu bytes", path, (long long)st.st_size,
+                  p->version, p->dim, p->hidden_dim, p->n_layers, p->n_heads, p->n_kv_heads, p->vocab_size,
+                  p->seq_len, c.overflow ? "more than " : "", (unsigned long long)c.off);
+    }
+    if (rc == BL_OK) {
+        m->map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m->map == MAP_FAILED) {
+            m->map = NULL;
+            rc = fail(err, errlen, BL_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+        }
+    }
+    close(fd);  // the mapping stays valid without the descriptor
+    if (rc != BL_OK) return rc;
+    m->map_size = (size_t)st.st_size;
+    Cursor placed = {(const char *)m->map, (uint64_t)hsize, 0};
+    layout(&m->w, &placed, &m->cfg);
+    return BL_OK;
+}
+
+int bl_model_open(const char *checkpoint_path, const char *tokenizer_path, bl_model **out,
+                  char *err, size_t errlen) {
+    if (!out) return fail(err, errlen, BL_ERR_ARG, "bl_model_open: out is NULL");
+    *out = NULL;
+    if (!checkpoint_path) return fail(err, errlen, BL_ERR_ARG, "bl_model_open: checkpoint path is NULL");
+    bl_model *m = calloc(1, sizeof *m);
+    if (!m) return fail(err, errlen, BL_ERR_NOMEM, "%s: out of memory", checkpoint_path);
+    int rc = map_checkpoint(m, checkpoint_path, err, errlen);
+    if (rc == BL_OK && tokenizer_path)
+        rc = build_tokenizer(&m->tok, tokenizer_path, m->cfg.vocab_size, err, errlen);
+    if (rc != BL_OK) {
+        bl_model_close(m);
+        return rc;
+    }
+    *out = m;
+    return BL_OK;
+}
+
+void bl_model_close(bl_model *m) {
+    if (!m) return;
+    if (m->map) munmap(m->map, m->map_size);
+    free_tokenizer(m->tok);
+    free(m);
+}
+
+bl_config bl_model_config(const bl_model *m) { return m->cfg; }
+
+// ----------------------------------------------------------------------------------------------
+// kernels: the few loops all the time goes into
+
+// An fp32 value stored at any byte address (Q8_0 scales follow int8 blocks of any length).
+static float load_f32(const char *p) {
+    float f;
+    memcpy(&f, p, sizeof f);
+    return f;
+}
+
+// Layer l's fp32 data of an fp32 tensor (offsets are multiples of 4 in versions 0 and 1).
+static const float *f32(const Tensor *t, int l) {
+    return (const float *)(const void *)(t->p + (size_t)l * t->stride);
+}
+
+// o = x / rms(x) * weight
+static void rmsnorm(float *o, const float *x, const float *weight, int n) {
+    float ss = 0.0f;
+    for (int j = 0; j < n; j++) ss += x[j] * x[j];
+    ss = 1.0f / sqrtf(ss / n + 1e-5f);
+    for (int j = 0; j < n; j++) o[j] = weight[j] * (ss * x[j]);
+}
+
+// In place; subtracting the max keeps expf from overflowing.
+static void softmax(float *x, int n) {
+    float max = x[0], sum = 0.0f;
+    for (int i = 1; i < n; i++) if (x[i] > max) max = x[i];
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    for (int i = 0; i < n; i++) x[i] /= sum;
+}
+
+// y[d] = W[d, n] x[n], fp32
+static void matmul(float *y, const float *x, const float *w, int n, int d) {
+    #pragma omp parallel for
+    for (int i = 0; i < d; i++) {
+        const float *row = w + (size_t)i * n;
+        float val = 0.0f;
+        #pragma omp simd reduction(+:val)
+        for (int j = 0; j < n; j++) val += row[j] * x[j];
+        y[i] = val;
+    }
+}
+
+// Nearest int8 in [-127, 127]; NaN (from a corrupt file) becomes 0 instead of undefined behaviour.
+static int8_t to_q8(float v) {
+    float r = roundf(v);
+    return r > 127.0f ? 127 : r < -127.0f ? -127 : r == r ? (int8_t)r : 0;
+}
+
+// Quantize x[n] per group of gs: s = max|x| / 127, q = round(x / s) (symmetric, like the weights).
+static void quantize(int8_t *q, float *s, const float *x, int n, int gs) {
+    for (int g = 0; g < n / gs; g++) {
+        const float *xg = x + (size_t)g * gs;
+        float wmax = 0.0f;
+        for (int i = 0; i < gs; i++) wmax = fmaxf(wmax, fabsf(xg[i]));
+        s[g] = wmax / 127.0f;
+        for (int i = 0; i < gs; i++) q[(size_t)g * gs + i] = s[g] > 0.0f ? to_q8(xg[i] / s[g]) : 0;
+    }
+}
+
+// y[d] = W[d, n] x[n] with int8 W (scales ws, one per gs) and int8 x (scales xs): int32 sums per group.
+static void matmul_q8(float *y, const int8_t *xq, const float *xs, const int8_t *wq, const char *ws,
+                      int n, int d, int gs) {
+    #pragma omp parallel for
+    for (int i = 0; i < d; i++) {
+        const int8_t *row = wq + (size_t)i * n;
+        const char *rs = ws + (size_t)i * (n / gs) * 4;
+        float val = 0.0f;
+        for (int g = 0; g < n / gs; g++) {
+            int32_t ival = 0;
+            #pragma omp simd reduction(+:ival)
+            for (int k = 0; k < gs; k++) ival += (int32_t)xq[g * gs + k] * (int32_t)row[g * gs + k];
+            val += (float)ival * load_f32(rs + 4 * (size_t)g) * xs[g];
+        }
+        y[i] = val;
+    }
+}
+
+// Rotate each pair (v[i], v[i+1]) of every head by pos * 10000^(-(i % head_size) / head_size): RoPE.
+static void rope(float *v, int n, int head_size, int pos) {
+    for (int i = 0; i < n; i += 2) {
+        float freq = 1.0f / powf(10000.0f, (float)(i % head_size) / (float)head_size);
+        float angle = pos * freq, c = cosf(angle), s = sinf(angle);
+        float a = v[i], b = v[i + 1];
+        v[i] = a * c - b * s;
+        v[i + 1] = a * s + b * c;
+    }
+}
+
+// SwiGLU: h1 = silu(h1) * h3
+static void swiglu(float *h1, const float *h3, int n) {
+    for (int i = 0; i < n; i++) h1[i] = h1[i] / (1.0f + expf(-h1[i])) * h3[i];
+}
+
+static void add(float *x, const float *y, int n) {
+    for (int i = 0; i < n; i++) x[i] += y[i];
+}
+
+// ----------------------------------------------------------------------------------------------
+// forward
+
+struct bl_state {
+    const bl_model *m;
+    float *x;                        // [D] the residual stream
+    float *xb, *xb2;                 // [D] scratch: normed input, attention output, branch output
+    float *hb, *hb2;                 // [H] feed-forward scratch
+    float *q;                        // [D] the query
+    float *att;                      // [n_heads, seq_len] attention weights
+    float *logits;                   // [V]
+    float *key_cache, *value_cache;  // [L, seq_len, KV]
+    int8_t *xq;                      // [max(D, H)] activations quantized for int8 matmuls (version 2)
+    float *xs;                       // [max(D, H) / gs] their scales
+};
+
+static int kv_dim(const bl_config *p) { return p->n_kv_heads * (p->dim / p->n_heads); }
+
+int bl_state_new(const bl_model *m, bl_state **out, char *err, size_t errlen) {
+    if (!out || !m) return fail(err, errlen, BL_ERR_ARG, "bl_state_new: NULL argument");
+    *out = NULL;
+    const bl_config *p = &m->cfg;
+    uint64_t kv, kv_bytes;  // the cache is the one size the file does not bound: check it
+    if (mul_overflows((uint64_t)p->n_layers * (uint64_t)p->seq_len, (uint64_t)kv_dim(p), &kv) ||
+        mul_overflows(kv, sizeof(float), &kv_bytes) || kv_bytes > SIZE_MAX / 2)
+        return fail(err, errlen, BL_ERR_NOMEM, "KV cache of %d layers x %d positions does not fit in memory",
+                    p->n_layers, p->seq_len);
+    int nq = p->dim > p->hidden_dim ? p->dim : p->hidden_dim;
+    bl_state *s = calloc(1, sizeof *s);
+    if (!s) return fail(err, errlen, BL_ERR_NOMEM, "out of memory for the state");
+    s->m = m;
+    s->x = calloc(p->dim, sizeof(float)), s->xb = calloc(p->dim, sizeof(float));
+    s->xb2 = calloc(p->dim, sizeof(float)), s->q = calloc(p->dim, sizeof(float));
+    s->hb = calloc(p->hidden_dim, sizeof(float)), s->hb2 = calloc(p->hidden_dim, sizeof(float));
+    s->att = calloc((size_t)p->n_heads * p->seq_len, sizeof(float));
+    s->logits = calloc(p->vocab_size, sizeof(float));
+    s->key_cache = calloc(kv, sizeof(float)), s->value_cache = calloc(kv, sizeof(float));
+    s->xq = calloc(nq, 1), s->xs = calloc(nq, sizeof(float));
+    if (!s->x || !s->xb || !s->xb2 || !s->q || !s->hb || !s->hb2 || !s->att || !s->logits ||
+        !s->key_cache || !s->value_cache || !s->xq || !s->xs) {
+        bl_state_free(s);
+        return fail(err, errlen, BL_ERR_NOMEM, "out of memory for the state (KV cache %llu bytes x 2)",
+                    (unsigned long long)kv_bytes);
+    }
+    *out = s;
+    return BL_OK;
+}
+
+void bl_state_free(bl_state *s) {
+    if (!s) return;
+    free(s->x), free(s->xb), free(s->xb2), free(s->q), free(s->hb), free(s->hb2), free(s->att);
+    free(s->logits), free(s->key_cache), free(s->value_cache), free(s->xq), free(s->xs);
+    free(s);
+}
+
+// y = W x for layer l's matrix; int8 weights first quantize x per group, like llama2.c's runq.
+static void matvec(bl_state *s, float *y, const Tensor *w, int l, const float *x) {
+    if (!w->gs) {
+        matmul(y, x, f32(w, l), w->cols, w->rows);
+        return;
+    }
+    const char *base = w->p + (size_t)l * w->stride;
+    quantize(s->xq, s->xs, x, w->cols, w->gs);
+    matmul_q8(y, s->xq, s->xs, (const int8_t *)base, base + (size_t)w->rows * w->cols, w->cols, w->rows, w->gs);
+}
+
+// x = the embedding row of token (int8 rows are dequantized on the fly: no fp32 copy of the table)
+static void embed(float *x, const Tensor *e, int token) {
+    size_t at = (size_t)token * e->cols;
+    if (!e->gs) {
+        memcpy(x, f32(e, 0) + at, (size_t)e->cols * sizeof(float));
+        return;
+    }
+    const int8_t *q = (const int8_t *)e->p;
+    const char *scales = e->p + (size_t)e->rows * e->cols;
+    for (int i = 0; i < e->cols; i++) x[i] = q[at + i] * load_f32(scales + (at + i) / e->gs * 4);
+}
+
+// s->xb = attention of s->q over positions 0..pos of layer l's cache, head by head.
+// Query head h reads key/value head h / (n_heads / n_kv_heads): grouped-query attention.
+static void attention(bl_state *s, int l, int pos) {
+    const bl_config *p = &s->m->cfg;
+    int hs = p->dim / p->n_heads, KV = kv_dim(p), group = p->n_heads / p->n_kv_heads;
+    size_t loff = (size_t)l * p->seq_len * KV;
+    #pragma omp parallel for
+    for (int h = 0; h < p->n_heads; h++) {
+        const float *q = s->q + (size_t)h * hs;
+        float *att = s->att + (size_t)h * p->seq_len, *xb = s->xb + (size_t)h * hs;
+        for (int t = 0; t <= pos; t++) {
+            const float *k = s->key_cache + loff + (size_t)t * KV + (size_t)(h / group) * hs;
+            float score = 0.0f;
+            for (int i = 0; i < hs; i++) score += q[i] * k[i];
+            att[t] = score / sqrtf((float)hs);
+        }
+        softmax(att, pos + 1);
+        memset(xb, 0, (size_t)hs * sizeof(float));
+        for (int t = 0; t <= pos; t++) {
+            const float *v = s->value_cache + loff + (size_t)t * KV + (size_t)(h / group) * hs;
+            for (int i = 0; i < hs; i++) xb[i] += att[t] * v[i];
+        }
+    }
+}
+
+// One transformer block: attention then feed-forward, each added to the residual stream.
+static void block(bl_state *s, int l, int pos) {
+    const bl_config *p = &s->m->cfg;
+    const Weights *w = &s->m->w;
+    int D = p->dim, KV = kv_dim(p), hs = D / p->n_heads;
+    size_t at = ((size_t)l * p->seq_len + pos) * KV;
+    float *k = s->key_cache + at, *v = s->value_cache + at;  // this position's cache rows
+    rmsnorm(s->xb, s->x, f32(&w->rms_att, l), D);
+    matvec(s, s->q, &w->wq, l, s->xb);
+    matvec(s, k, &w->wk, l, s->xb);
+    matvec(s, v, &w->wv, l, s->xb);
+    rope(s->q, D, hs, pos);
+    rope(k, KV, hs, pos);
+    attention(s, l, pos);
+    matvec(s, s->xb2, &w->wo, l, s->xb);
+    add(s->x, s->xb2, D);
+    rmsnorm(s->xb, s->x, f32(&w->rms_ffn, l), D);
+    matvec(s, s->hb, &w->w1, l, s->xb);
+    matvec(s, s->hb2, &w->w3, l, s->xb);
+    swiglu(s->hb, s->hb2, p->hidden_dim);
+    matvec(s, s->xb2, &w->w2, l, s->hb);
+    add(s->x, s->xb2, D);
+}
+
+// Logits for token at pos, given the KV cache of positions 0..pos-1.
+static float *forward(bl_state *s, int token, int pos) {
+    const bl_model *m = s->m;
+    embed(s->x, &m->w.tok_emb, token);
+    for (int l = 0; l < m->cfg.n_layers; l++) block(s, l, pos);
+    rmsnorm(s->x, s->x, f32(&m->w.rms_final, 0), m->cfg.dim);
+    matvec(s, s->logits, &m->w.wcls, 0, s->x);
+    return s->logits;
+}
+
+float *bl_forward(bl_state *s, int token, int pos) {
+    if (!s || token < 0 || token >= s->m->cfg.vocab_size || pos < 0 || pos >= s->m->cfg.seq_len) return NULL;
+    return forward(s, token, pos);
+}
+
+int bl_logits(bl_state *s, const int *ids, int n, float *out, char *err, size_t errlen) {
+    if (!s || !ids || !out) return fail(err, errlen, BL_ERR_ARG, "bl_logits: NULL argument");
+    const bl_config *p = &s->m->cfg;
+    if (n < 0 || n > p->seq_len)
+        return fail(err, errlen, BL_ERR_ARG, "%d tokens do not fit in the context of %d positions", n, p->seq_len);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= p->vocab_size)
+            return fail(err, errlen, BL_ERR_ARG, "token %d at position %d is outside the vocabulary (0..%d)",
+                        ids[i], i, p->vocab_size - 1);
+    for (int i = 0; i < n; i++)
+        memcpy(out + (size_t)i * p->vocab_size, forward(s, ids[i], i), (size_t)p->vocab_size * sizeof(float));
+    return BL_OK;
+}
+
+// ----------------------------------------------------------------------------------------------
+// tokenizer: llama2.c's tokenizer.bin; encoding gives sentencepiece's ids
+
+// Byte HH if the piece is exactly "<0xHH>" (a byte-fallback piece), else -1.
+static int byte_piece(const char *s, int n) {
+    if (n != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>') return -1;
+    int v = 0;
+    for (int i = 3; i < 5; i++) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0) return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+// Order pieces by their bytes (memcmp, then length), for sorting and bsearch.
+static int cmp_piece(const void *a, const void *b) {
+    const PieceIndex *x = a, *y = b;
+    int c = memcmp(x->str, y->str, (size_t)(x->len < y->len ? x->len : y->len));
+    return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+// Read the whole file into a fresh buffer; *n its size.
+static int slurp(const char *path, char **out, size_t *n, char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    struct stat st;
+    if (!f) return fail(err, errlen, BL_ERR_IO, "%s: cannot open tokenizer: %s", path, strerror(errno));
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return fail(err, errlen, BL_ERR_IO, "%s: not a regular file", path);
+    }
+    *n = (size_t)st.st_size;
+    *out = malloc(*n + 1);
+    int ok = *out && fread(*out, 1, *n, f) == *n;
+    fclose(f);
+    if (!ok) return fail(err, errlen, *out ? BL_ERR_IO : BL_ERR_NOMEM, "%s: cannot read %zu bytes", path, *n);
+    return BL_OK;
+}
+
+// Walk "uint32 max_len, then per piece: float score, int32 len, len bytes", checking each length
+// against the end of the file; fewer pieces than the model's vocabulary is an error.
+static int parse_pieces(Tokenizer *t, size_t n, const char *path, char *err, size_t errlen) {
+    if (n < 4) return fail(err, errlen, BL_ERR_FORMAT, "%s: file is %zu bytes, too short for a tokenizer", path, n);
+    size_t off = 4;
+    for (int i = 0; i < t->vocab_size; i++) {
+        if (n - off < 8)
+            return fail(err, errlen, BL_ERR_FORMAT, "%s: has only %d pieces, the model's vocabulary needs %d",
+                        path, i, t->vocab_size);
+        const unsigned char *h = (const unsigned char *)t->data + off;
+        int32_t bits = rd_i32(h), len = rd_i32(h + 4);
+        off += 8;
+        if (len < 0 || (size_t)len > n - off)
+            return fail(err, errlen, BL_ERR_FORMAT, "%s: piece %d has length %d, past the end of the file",
+                        path, i, (int)len);
+        memcpy(&t->score[i], &bits, sizeof(float));
+        t->piece[i] = t->data + off, t->len[i] = len;
+        if (len > t->max_len) t->max_len = len;
+        off += (size_t)len;
+    }
+    return BL_OK;
+}
+
+// The lookup table for merging holds every piece but the specials (<unk>, BOS, EOS) and the
+// "<0xHH>" byte pieces: sentencepiece never merges into those, so neither may we.
+static void index_pieces(Tokenizer *t) {
+    for (int b = 0; b < 256; b++) t->byte_id[b] = -1, t->byte_char[b] = (char)b;
+    for (int i = 0; i < t->vocab_size; i++) {
+        int b = byte_piece(t->piece[i], t->len[i]);
+        if (b >= 0 && t->byte_id[b] < 0) t->byte_id[b] = i;
+        if (b < 0 && i > 2) t->sorted[t->n_sorted++] = (PieceIndex){t->piece[i], t->len[i], i};
+    }
+    qsort(t->sorted, (size_t)t->n_sorted, sizeof(PieceIndex), cmp_piece);
+}
+
+static int build_tokenizer(Tokenizer **out, const char *path, int vocab_size, char *err, size_t errlen) {
+    Tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return fail(err, errlen, BL_ERR_NOMEM, "%s: out of memory", path);
+    t->vocab_size = vocab_size;
+    size_t n = 0;
+    int rc = slurp(path, &t->data, &n, err, errlen);
+    if (rc == BL_OK) {
+        t->piece = calloc(vocab_size, sizeof(char *)), t->len = calloc(vocab_size, sizeof(int));
+        t->score = calloc(vocab_size, sizeof(float)), t->sorted = calloc(vocab_size, sizeof(PieceIndex));
+        if (!t->piece || !t->len || !t->score || !t->sorted) rc = fail(err, errlen, BL_ERR_NOMEM, "%s: out of memory", path);
+    }
+    if (rc == BL_OK) rc = parse_pieces(t, n, path, err, errlen);
+    if (rc != BL_OK) {
+        free_tokenizer(t);
+        return rc;
+    }
+    index_pieces(t);
+    *out = t;
+    return BL_OK;
+}
+
+static void free_tokenizer(Tokenizer *t) {
+    if (!t) return;
+    free(t->data), free(t->piece), free(t->len), free(t->score), free(t->sorted);
+    free(t);
+}
+
+// Id of the mergeable piece with exactly these bytes, or -1.
+static int lookup(const Tokenizer *t, const char *s, int n) {
+    PieceIndex key = {s, n, -1};
+    const PieceIndex *hit = bsearch(&key, t->sorted, (size_t)t->n_sorted, sizeof key, cmp_piece);
+    return hit ? hit->id : -1;
+}
+
+// Append the id of piece s[0..n), or (byte fallback) one id per byte: "<0xHH>", else <unk> (0).
+static void emit(const Tokenizer *t, const char *s, int n, int *ids, int *count) {
+    int id = lookup(t, s, n);
+    if (id >= 0) {
+        ids[(*count)++] = id;
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        int b = t->byte_id[(unsigned char)s[i]];
+        ids[(*count)++] = b >= 0 ? b : 0;
+    }
+}
+
+// Merge the adjacent pair whose concatenation is the best-scoring piece, until none is a piece.
+// Quadratic, like llama2.c: fine for prompts, which the context bounds anyway.
+static void merge(const Tokenizer *t, int *ids, int *count, char *buf) {
+    for (;;) {
+        float best = 0.0f;
+        int best_id = -1, best_at = -1;
+        for (int i = 0; i + 1 < *count; i++) {
+            int a = ids[i], b = ids[i + 1];
+            memcpy(buf, t->piece[a], (size_t)t->len[a]);
+            memcpy(buf + t->len[a], t->piece[b], (size_t)t->len[b]);
+            int id = lookup(t, buf, t->len[a] + t->len[b]);
+            if (id >= 0 && (best_at < 0 || t->score[id] > best)) best = t->score[id], best_id = id, best_at = i;
+        }
+        if (best_at < 0) return;
+        ids[best_at] = best_id;
+        memmove(ids + best_at + 1, ids + best_at + 2, (size_t)(*count - best_at - 2) * sizeof(int));
+        (*count)--;
+    }
+}
+
+// Encode into ids (room for strlen(text) + 3): BOS?, then " " + text split into UTF-8 characters
+// (sentencepiece's dummy prefix; unknown characters fall back to bytes), merged; EOS?.
+static int encode(const Tokenizer *t, const char *text, int bos, int eos, int *ids) {
+    int count = 0;
+    if (bos) ids[count++] = 1;
+    int start = count;
+    if (text[0] != '\0') emit(t, " ", 1, ids, &count);
+    for (const char *c = text; *c;) {
+        int n = 1;  // a lead byte and its continuation bytes (10xxxxxx), at most 4
+        while (n < 4 && ((unsigned char)c[n] & 0xC0) == 0x80) n++;
+        emit(t, c, n, ids, &count);
+        c += n;
+    }
+    char *buf = malloc(2 * (size_t)t->max_len + 1);
+    if (!buf) return -1;
+    int merged = count - start;
+    merge(t, ids + start, &merged, buf);
+    free(buf);
+    count = start + merged;
+    if (eos) ids[count++] = 2;
+    return count;
+}
+
+int bl_encode(const bl_model *m, const char *text, int bos, int eos, int *ids, int max_ids,
+              int *n_ids, char *err, size_t errlen) {
+    if (!m || !text || !ids || !n_ids) return fail(err, errlen, BL_ERR_ARG, "bl_encode: NULL argument");
+    if (!m->tok) return fail(err, errlen, BL_ERR_ARG, "bl_encode: the model was opened without a tokenizer");
+    size_t len = strlen(text);
+    if (len > (size_t)INT32_MAX - 3) return fail(err, errlen, BL_ERR_ARG, "bl_encode: text of %zu bytes is too long", len);
+    int *tmp = malloc((len + 3) * sizeof(int));
+    int n = tmp ? encode(m->tok, text, bos, eos, tmp) : -1;
+    if (n < 0) {
+        free(tmp);
+        return fail(err, errlen, BL_ERR_NOMEM, "bl_encode: out of memory");
+    }
+    if (n > max_ids) {
+        free(tmp);
+        return fail(err, errlen, BL_ERR_ARG, "bl_encode: %d ids do not fit in a buffer of %d", n, max_ids);
+    }
+    memcpy(ids, tmp, (size_t)n * sizeof(int));
+    free(tmp);
+    *n_ids = n;
+    return BL_OK;
+}
+
+// What token prints after prev: one leading space dropped after BOS, "<0xHH>" becomes the byte,
+// a lone control byte prints nothing. Unlike llama2.c in the C locale, bytes >= 0x80 (pieces of
+// UTF-8 characters) are printed, so characters spelled with byte-fallback tokens survive.
+static int decode(const Tokenizer *t, int prev, int token, const char **out) {
+    const char *p = t->piece[token];
+    int n = t->len[token];
+    if (prev == 1 && n > 0 && p[0] == ' ') p++, n--;
+    int b = byte_piece(p, n);
+    if (b >= 0) p = &t->byte_char[b], n = 1;
+    unsigned char c = n == 1 ? (unsigned char)p[0] : 'x';
+    if (!((c >= 0x20 && c != 0x7f) || (c >= '\t' && c <= '\r'))) n = 0;
+    *out = p;
+    return n;
+}
+
+int bl_decode(const bl_model *m, int prev, int token, const char **bytes) {
+    if (!m || !m->tok || !bytes || token < 0 || token >= m->cfg.vocab_size) return -1;
+    return decode(m->tok, prev, token, bytes);
+}
+
+// ----------------------------------------------------------------------------------------------
+// sampler: llama2.c's algorithms and random generator, plus top-k
+
+typedef struct {
+    float prob;
+    int index;
+} ProbIndex;
+
+struct bl_sampler {
+    int vocab_size;
+    float temperature, top_p;
+    int top_k;               // 0: off
+    unsigned long long rng;  // xorshift* state
+    ProbIndex *probindex;    // [vocab_size] scratch for top-p / top-k
+};
+
+// xorshift*: the generator llama2.c uses, so one seed gives one story in both programs
+static uint32_t random_u32(unsigned long long *state) {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return (uint32_t)((*state * 0x2545F4914F6CDD1Dull) >> 32);
+}
+
+static float random_f32(unsigned long long *state) { return (random_u32(state) >> 8) / 16777216.0f; }
+
+static int argmax(const float *p, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++) if (p[i] > p[best]) best = i;
+    return best;
+}
+
+// Walk the cumulative distribution until it passes coin (one coin per token).
+static int sample_mult(const float *p, int n, float coin) {
+    float cdf = 0.0f;
+    for (int i = 0; i < n; i++) {
+        cdf += p[i];
+        if (coin < cdf) return i;
+    }
+    return n - 1;  // rounding left the total just below coin
+}
+
+static int cmp_prob_desc(const void *a, const void *b) {
+    const ProbIndex *x = a, *y = b;
+    return x->prob > y->prob ? -1 : x->prob < y->prob ? 1 : 0;
+}
+
+// Sample within the shortest prefix of pi (sorted, descending) whose mass exceeds top_p
+// (no cut for top_p outside (0, 1)), scaling the coin by that prefix's mass.
+static int sample_prefix(const ProbIndex *pi, int n, float top_p, float coin) {
+    float cum = 0.0f;
+    int last = n - 1;
+    for (int i = 0; i < n; i++) {
+        cum += pi[i].prob;
+        if (top_p > 0.0f && top_p < 1.0f && cum > top_p) {
+            last = i;
+            break;
+        }
+    }
+    float r = coin * cum, cdf = 0.0f;
+    for (int i = 0; i <= last; i++) {
+        cdf += pi[i].prob;
+        if (r < cdf) return pi[i].index;
+    }
+    return pi[last].index;
+}
+
+// llama2.c's top-p: drop candidates below (1 - top_p) / (n - 1) (they cannot be in the nucleus),
+// sort the rest by descending probability, sample within the nucleus.
+static int sample_topp(bl_sampler *s, const float *p, float coin) {
+    int n = s->vocab_size, n0 = 0;
+    float cutoff = (1.0f - s->top_p) / (float)(n - 1);
+    for (int i = 0; i < n; i++)
+        if (p[i] >= cutoff) s->probindex[n0++] = (ProbIndex){p[i], i};
+    if (n0 == 0) return argmax(p, n);  // only when p holds NaN (infinite logits)
+    qsort(s->probindex, (size_t)n0, sizeof(ProbIndex), cmp_prob_desc);
+    return sample_prefix(s->probindex, n0, s->top_p, coin);
+}
+
+// Top-k: keep the k most probable, renormalize, then top-p within them (if on).
+static int sample_topk(bl_sampler *s, const float *p, float coin) {
+    int n = s->vocab_size, k = s->top_k < n ? s->top_k : n;
+    for (int i = 0; i < n; i++) s->probindex[i] = (ProbIndex){p[i], i};
+    qsort(s->probindex, (size_t)n, sizeof(ProbIndex), cmp_prob_desc);
+    float mass = 0.0f;
+    for (int i = 0; i < k; i++) mass += s->probindex[i].prob;
+    if (!(mass > 0.0f)) return s->probindex[0].index;
+    for (int i = 0; i < k; i++) s->probindex[i].prob /= mass;
+    return sample_prefix(s->probindex, k, s->top_p, coin);
+}
+
+int bl_sampler_new(int vocab_size, float temperature, float top_p, int top_k,
+                   unsigned long long seed, bl_sampler **out, char *err, size_t errlen) {
+    if (!out) return fail(err, errlen, BL_ERR_ARG, "bl_sampler_new: out is NULL");
+    *out = NULL;
+    if (vocab_size < 2) return fail(err, errlen, BL_ERR_ARG, "vocab_size %d: need at least 2", vocab_size);
+    if (!(temperature >= 0.0f) || isinf(temperature))
+        return fail(err, errlen, BL_ERR_ARG, "temperature %g: must be a finite number >= 0", temperature);
+    if (!(top_p >= 0.0f && top_p <= 1.0f)) return fail(err, errlen, BL_ERR_ARG, "top_p %g: must be in [0, 1]", top_p);
+    if (top_k < 0) return fail(err, errlen, BL_ERR_ARG, "top_k %d: must be >= 0 (0: off)", top_k);
+    if (seed == 0) return fail(err, errlen, BL_ERR_ARG, "seed 0: the generator needs a nonzero seed");
+    bl_sampler *s = calloc(1, sizeof *s);
+    ProbIndex *pi = calloc((size_t)vocab_size, sizeof(ProbIndex));
+    if (!s || !pi) {
+        free(s), free(pi);
+        return fail(err, errlen, BL_ERR_NOMEM, "out of memory for the sampler");
+    }
+    *s = (bl_sampler){vocab_size, temperature, top_p, top_k, seed, pi};
+    *out = s;
+    return BL_OK;
+}
+
+void bl_sampler_free(bl_sampler *s) {
+    if (!s) return;
+    free(s->probindex);
+    free(s);
+}
+
+int bl_sample(bl_sampler *s, float *logits) {
+    if (s->temperature == 0.0f) return argmax(logits, s->vocab_size);
+    for (int i = 0; i < s->vocab_size; i++) logits[i] /= s->temperature;
+    softmax(logits, s->vocab_size);
+    float coin = random_f32(&s->rng);
+    if (s->top_k > 0) return sample_topk(s, logits, coin);
+    if (s->top_p <= 0.0f || s->top_p >= 1.0f) return sample_mult(logits, s->vocab_size, coin);
+    return sample_topp(s, logits, coin);
+}
+
+// ----------------------------------------------------------------------------------------------
+// generation (the CLI's loops; the bindings have their own on top of the API)
+
+#ifndef BABYLLAMA_NO_MAIN
+
+static long time_in_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static void print_piece(const bl_model *m, int prev, int token) {
+    const char *bytes;
+    int n = bl_decode(m, prev, token, &bytes);
+    if (n > 0) fwrite(bytes, 1, (size_t)n, stdout);
+    fflush(stdout);
+}
+
+// Encode the prompt with BOS; it must fit in `steps` positions. Returns the count or -1.
+static int encode_prompt(const bl_model *m, const char *prompt, int steps, int **ids) {
+    char err[BL_ERRLEN];
+    size_t cap = strlen(prompt) + 3;
+    // every id covers at most max_len bytes: a prompt this long cannot fit, refuse before encoding
+    if (strlen(prompt) / (size_t)(m->tok->max_len > 0 ? m->tok->max_len : 1) > (size_t)steps) {
+        fprintf(stderr, "error: prompt (-i) of %zu bytes is longer than the %d positions of -n\n", strlen(prompt), steps);
+        return -1;
+    }
+    int n = 0;
+    *ids = malloc(cap * sizeof(int));
+    if (!*ids || bl_encode(m, prompt, 1, 0, *ids, (int)cap, &n, err, sizeof err) != BL_OK) {
+        fprintf(stderr, "error: %s\n", *ids ? err : "out of memory");
+        return -1;
+    }
+    if (n > steps) {
+        fprintf(stderr, "error: prompt (-i) is %d tokens with BOS, more than the %d positions of -n "
+                        "(the context holds %d)\n", n, steps, m->cfg.seq_len);
+        return -1;
+    }
+    return n;
+}
+
+// llama2.c's loop: force the prompt's tokens, then sample; print each token as it is chosen;
+// stop at BOS (the start of another story), after EOS, or after `steps` positions.
+static int generate(const bl_model *m, bl_state *st, bl_sampler *sampler, const char *prompt, int steps) {
+    int *prompt_ids = NULL, n_prompt = encode_prompt(m, prompt, steps, &prompt_ids);
+    if (n_prompt < 0) {
+        free(prompt_ids);
+        return 1;
+    }
+    long start = 0;
+    int token = prompt_ids[0], pos = 0;
+    while (pos < steps) {
+        float *logits = forward(st, token, pos);
+        int next = pos < n_prompt - 1 ? prompt_ids[pos + 1] : bl_sample(sampler, logits);
+        pos++;
+        if (next == 1) break;
+        print_piece(m, token, next);
+        if (next == 2) break;
+        token = next;
+        if (start == 0) start = time_in_ms();  // the first step warms caches: time the rest
+    }
+    printf("\n");
+    long end = time_in_ms();
+    if (pos > 1 && end > start) fprintf(stderr, "achieved tok/s: %f\n", (pos - 1) / (double)(end - start) * 1000);
+    free(prompt_ids);
+    return 0;
+}
+
+// Read a line from stdin into buf (bounded), without its newline; 0 at end of input.
+static int read_line(const char *guide, char *buf, size_t size) {
+    printf("%s", guide);
+    fflush(stdout);
+    if (!fgets(buf, (int)size, stdin)) return 0;
+    buf[strcspn(buf, "\n")] = '\0';
+    return 1;
+}
+
+// The llama 2 chat template; the system prompt only in the first turn. Returns a malloc'd string.
+static char *render_turn(const char *system, const char *user) {
+    const char *fmt = system && system[0] ? "[INST] <<SYS>>\n%s\n<</SYS>>\n\n%s [/INST]" : "[INST] %s%s [/INST]";
+    const char *a = system && system[0] ? system : "";
+    int n = snprintf(NULL, 0, fmt, a, user);
+    char *out = n < 0 ? NULL : malloc((size_t)n + 1);
+    if (out) snprintf(out, (size_t)n + 1, fmt, a, user);
+    return out;
+}
+
+// Chat like llama2.c: each user turn is rendered, encoded with BOS and forced; the assistant
+// answers until EOS; all turns share one context of `steps` positions.
+static int chat(const bl_model *m, bl_state *st, bl_sampler *sampler, const char *cli_user,
+                const char *cli_system, int steps) {
+    char system[4096] = "", user[4096];
+    int *ids = NULL, n_ids = 0, at = 0, pos = 0, token = 0, next = 0, user_turn = 1;
+    while (pos < steps) {
+        if (user_turn) {
+            if (pos == 0 && cli_system) snprintf(system, sizeof system, "%s", cli_system);
+            else if (pos == 0 && !read_line("Enter system prompt (optional): ", system, sizeof system)) break;
+            if (pos == 0 && cli_user) snprintf(user, sizeof user, "%s", cli_user);
+            else if (!read_line("User: ", user, sizeof user)) break;
+            char *rendered = render_turn(pos == 0 ? system : NULL, user);
+            free(ids);
+            ids = NULL;
+            n_ids = rendered ? encode_prompt(m, rendered, steps - pos, &ids) : -1;
+            free(rendered);
+            if (n_ids < 0) break;
+            at = 0, user_turn = 0;
+            printf("Assistant: ");
+        }
+        token = at < n_ids ? ids[at++] : next;
+        if (token == 2) user_turn = 1;  // EOS ends the assistant's turn
+        next = bl_sample(sampler, forward(st, token, pos));
+        pos++;
+        if (at >= n_ids && next != 2) print_piece(m, token, next);
+        if (next == 2) printf("\n");
+    }
+    printf("\n");
+    free(ids);
+    return n_ids < 0 ? 1 : 0;
+}
+
+// ----------------------------------------------------------------------------------------------
+// CLI
+
+typedef struct {
+    const char *checkpoint, *tokenizer, *prompt, *system_prompt, *mode;
+    float temperature, top_p;
+    int top_k, steps, steps_given, threads;
+    long long seed;
+} Options;
+
+static void usage(FILE *f) {
+    fprintf(f, "Usage:   run <checkpoint> [options]\n"
+               "Example: run model.bin -n 256 -i \"Once upon a time\"\n"
+               "Options:\n"
+               "  -t <float>  temperature in [0,inf), default 1.0 (0: greedy argmax)\n"
+               "  -p <float>  top-p (nucleus) in [0,1], default 0.9 (0 or 1: off)\n"
+               "  -k <int>    top-k, default 0 (off)\n"
+               "  -s <int>    random seed, default time(NULL) (0 or less: the time)\n"
+               "  -n <int>    positions to run, prompt included, default 256 (0: the whole context)\n"
+               "  -i <string> input prompt\n"
+               "  -z <string> tokenizer path, default tokenizer.bin\n"
+               "  -m <string> mode: generate|chat, default generate\n"
+               "  -y <string> system prompt in chat mode\n"
+               "  -T <int>    threads (OpenMP builds), default: all cores\n"
+               "  -h          this help\n");
+}
+
+// Parse a whole argument as a finite float / an int in [lo, hi]; print a one-line error if not.
+static int parse_float(const char *flag, const char *s, float *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || *end || errno || !isfinite(v) || fabs(v) > 3.0e38) {
+        fprintf(stderr, "error: %s expects a number, got '%s'\n", flag, s);
+        return 1;
+    }
+    *out = (float)v;
+    return 0;
+}
+
+static int parse_int(const char *flag, const char *s, long long lo, long long hi, long long *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || *end || errno || v < lo || v > hi) {
+        fprintf(stderr, "error: %s expects an integer in %lld..%lld, got '%s'\n", flag, lo, hi, s);
+        return 1;
+    }
+    *out = v;
+    return 0;
+}
+
+// One flag and its value. Returns 0, or 1 after printing a one-line error.
+static int parse_flag(Options *o, const char *flag, const char *val) {
+    long long v = 0;
+    switch (flag[1]) {
+    case 't': return parse_float(flag, val, &o->temperature);
+    case 'p': return parse_float(flag, val, &o->top_p);
+    case 's': return parse_int(flag, val, LLONG_MIN, LLONG_MAX, &o->seed);
+    case 'i': o->prompt = val; return 0;
+    case 'z': o->tokenizer = val; return 0;
+    case 'm': o->mode = val; return 0;
+    case 'y': o->system_prompt = val; return 0;
+    case 'k': if (parse_int(flag, val, 0, INT32_MAX, &v)) return 1; o->top_k = (int)v; return 0;
+    case 'n': if (parse_int(flag, val, 0, INT32_MAX, &v)) return 1; o->steps = (int)v, o->steps_given = 1; return 0;
+    case 'T': if (parse_int(flag, val, 1, 4096, &v)) return 1; o->threads = (int)v; return 0;
+    }
+    fprintf(stderr, "error: unknown flag %s (run -h for usage)\n", flag);
+    return 1;
+}
+
+// Returns 0 to run, 1 after printing a one-line error, 2 after printing the help.
+static int parse_args(Options *o, int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) return usage(stdout), 2;
+    if (argc < 2 || argv[1][0] == '-') {
+        fprintf(stderr, "error: the first argument must be a checkpoint path (run -h for usage)\n");
+        return 1;
+    }
+    o->checkpoint = argv[1];
+    for (int i = 2; i < argc; i += 2) {
+        if (argv[i][0] != '-' || strlen(argv[i]) != 2) {
+            fprintf(stderr, "error: expected a flag like -t, got '%s' (run -h for usage)\n", argv[i]);
+            return 1;
+        }
+        if (!strchr("tpsizmyknT", argv[i][1])) return parse_flag(o, argv[i], "");
+        if (i + 1 >= argc) {
+            fprintf(stderr, "error: flag %s needs a value (run -h for usage)\n", argv[i]);
+            return 1;
+        }
+        if (parse_flag(o, argv[i], argv[i + 1])) return 1;
+    }
+    return 0;
+}
+
+// Checks that need no model; 0 or 1 after a one-line error.
+static int check_options(Options *o) {
+    if (o->temperature < 0.0f) return fprintf(stderr, "error: -t %g: temperature must be >= 0\n", o->temperature), 1;
+    if (o->top_p < 0.0f || o->top_p > 1.0f) return fprintf(stderr, "error: -p %g: top-p must be in [0, 1]\n", o->top_p), 1;
+    if (strcmp(o->mode, "generate") && strcmp(o->mode, "chat"))
+        return fprintf(stderr, "error: -m %s: mode must be generate or chat\n", o->mode), 1;
+    if (o->system_prompt && strcmp(o->mode, "chat"))
+        return fprintf(stderr, "error: -y (system prompt) needs -m chat\n"), 1;
+#ifndef _OPENMP
+    if (o->threads > 1) return fprintf(stderr, "error: -T %d: this ./run was built without OpenMP\n", o->threads), 1;
+#endif
+    if (o->seed <= 0) o->seed = (long long)time(NULL);  // llama2.c: 0 or less means the time
+    return 0;
+}
+
+// -n: 0 means the whole context; not given means 256 clamped to the context; beyond it is an error.
+static int resolve_steps(Options *o, int seq_len) {
+    if (!o->steps_given) o->steps = o->steps < seq_len ? o->steps : seq_len;
+    if (o->steps == 0) o->steps = seq_len;
+    if (o->steps > seq_len) {
+        fprintf(stderr, "error: -n %d is beyond the model's context of %d positions\n", o->steps, seq_len);
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    Options o = {NULL, "tokenizer.bin", "", NULL, "generate", 1.0f, 0.9f, 0, 256, 0, 0, 0};
+    int rc = parse_args(&o, argc, argv);
+    if (rc) return rc == 2 ? 0 : 1;
+    if (check_options(&o)) return 1;
+#ifdef _OPENMP
+    if (o.threads > 0) omp_set_num_threads(o.threads);
+#endif
+    char err[BL_ERRLEN];
+    bl_model *m = NULL;
+    bl_state *st = NULL;
+    bl_sampler *sampler = NULL;
+    if (bl_model_open(o.checkpoint, o.tokenizer, &m, err, sizeof err) != BL_OK ||
+        bl_state_new(m, &st, err, sizeof err) != BL_OK ||
+        bl_sampler_new(m->cfg.vocab_size, o.temperature, o.top_p, o.top_k, (unsigned long long)o.seed,
+                       &sampler, err, sizeof err) != BL_OK) {
+        fprintf(stderr, "error: %s\n", err);
+        rc = 1;
+    }
+    if (rc == 0) rc = resolve_steps(&o, m->cfg.seq_len);
+    if (rc == 0 && strcmp(o.mode, "chat") == 0) rc = chat(m, st, sampler, o.prompt[0] ? o.prompt : NULL, o.system_prompt, o.steps);
+    else if (rc == 0) rc = generate(m, st, sampler, o.prompt, o.steps);
+    bl_sampler_free(sampler);
+    bl_state_free(st);
+    bl_model_close(m);
+    return rc;
+}
+#endif
