@@ -1,0 +1,681 @@
+"""
+train.py: train a baby Llama 2 on pretokenized TinyStories shards (nanoGPT / llama2.c style).
+
+    python train.py --preset cpu                                 # a small model, 10 minutes on a CPU
+    python train.py --data_dir data/tok4096 --dim 288 --n_layers 6  # any setting is a --flag
+    python train.py --config my.json --learning_rate 1e-3        # config file (.json or .py); CLI wins
+    python train.py --init_from resume                           # continue out_dir/ckpt.pt exactly
+    torchrun --standalone --nproc_per_node 4 train.py ...        # DDP (NCCL on GPU, gloo on CPU)
+
+Settings: the module-level defaults below (they reproduce the seed model card: 15M parameters, lr
+5e-4, cosine schedule with 1000 warmup iterations over 100k), then `--preset` (llama2.c's published
+shapes and a tuned CPU model), then `--config FILE`, then the command line. `--help` lists them all.
+
+What it does: device auto-detection (CUDA, MPS, CPU), bf16 autocast (fp16 + GradScaler on GPUs
+without bf16; bf16 on CPUs that support it), fused AdamW, optional torch.compile (falls back with a
+warning), gradient accumulation (spread across DDP ranks), periodic validation loss and bits per byte,
+atomic checkpoints that resume bit-exactly, a log line with tokens/s, MFU and ETA, `metrics.jsonl`
+and `loss.png` in out_dir, and a time budget `--max_minutes`.
+
+Time budget: with --max_minutes the run stops when the budget (minus the time the last evaluation
+took, so that the final evaluation fits) is used up, and the cosine schedule is time-based: its
+progress is max(iterations done / max_iters, elapsed / budget), so the learning rate reaches
+min_lr when time runs out however fast or noisy the machine is. A resumed run keeps counting from the
+checkpoint's elapsed time. Without a budget the schedule depends on iterations only (and resumes
+exactly).
+
+What it does not do: build the data (tinystories.py), define the model (model.py), or export it
+(export.py). Fine-tuning on other data formats is a later job; `--init_from PATH` only starts fresh
+iterations from a checkpoint's weights.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from model import ModelArgs, Transformer
+from tinystories import default_out_dir, iter_batches, load_meta
+
+# -----------------------------------------------------------------------------------------------
+# Defaults. Every name here is a command-line flag; the comment after it is its --help text.
+_before = set(globals())
+# I/O
+out_dir = "out"  # checkpoint, metrics.jsonl and loss.png go here
+data_dir = ""  # pretokenized shards + meta.json ("": where `tinystories.py pretokenize` puts the project tokenizer's)
+init_from = "scratch"  # scratch | resume (out_dir/ckpt.pt, exactly) | PATH to a ckpt.pt (fresh iterations)
+eval_interval = 2000  # iterations between evaluations (and checkpoints)
+eval_iters = 100  # batches per split per evaluation
+log_interval = 1  # iterations between log lines
+eval_only = False  # evaluate once and exit
+always_save_checkpoint = True  # save at every evaluation, not only when val loss improves
+# model
+dim = 288
+n_layers = 6
+n_heads = 6
+n_kv_heads = 6  # 0: same as n_heads
+vocab_size = 0  # 0: the data's (meta.json); otherwise must match it
+multiple_of = 32  # SwiGLU hidden size rounds up to this
+hidden_dim = 0  # 0: llama2.c's rule from dim and multiple_of
+max_seq_len = 256  # training sequence length
+dropout = 0.0  # any dropout makes CPU attention fall back to a slow kernel
+shared_classifier = True  # tie output.weight to tok_embeddings.weight
+# optimization
+batch_size = 128  # micro-batch per process
+gradient_accumulation_steps = 4  # micro-batches per iteration over ALL processes
+learning_rate = 5e-4  # peak learning rate
+max_iters = 100000  # iterations (the cosine schedule ends here)
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip the gradient norm to this (0: off)
+decay_lr = True  # cosine decay after warmup (else constant)
+warmup_iters = 1000  # linear warmup iterations
+min_lr = 0.0  # learning rate at the end of the schedule
+max_minutes = 0.0  # time budget in minutes (0: none); makes the schedule time-based
+# system
+device = "auto"  # auto | cpu | cuda | cuda:N | mps
+dtype = "bfloat16"  # bfloat16 | float16 | float32 (autocast; float16 on CUDA only)
+compile = False  # torch.compile the model (falls back with a warning)
+threads = 0  # CPU threads for torch (0: its default)
+num_workers = 0  # data-loader worker processes
+adamw = "auto"  # auto (fused where available) | fused | foreach | loop
+seed = 1337
+peak_tflops = 0.0  # peak for MFU (0: guess; A100 bf16 312 on CUDA, from the cores on CPU)
+preset = ""  # 260K | 15M | 42M | 110M | cpu
+config = ""  # a .json or .py file of settings
+DEFAULTS = {k: v for k, v in dict(globals()).items() if k not in _before and not k.startswith("_")}
+# -----------------------------------------------------------------------------------------------
+
+# llama2.c's published shapes (FORMATS.md §2) and our CPU model. A preset sets only what it lists.
+PRESETS = {
+    "260K": dict(dim=64, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=512, max_seq_len=512,
+                 multiple_of=4),
+    "15M": dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000, max_seq_len=256),
+    "42M": dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=8, vocab_size=32000, max_seq_len=1024),
+    "110M": dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, vocab_size=32000, max_seq_len=1024),
+    # tuned on the shared TinyStories text for 10 minutes on 2 cores (see models/README.md)
+    "cpu": dict(out_dir="out/cpu", vocab_size=0, dim=128, n_layers=4, n_heads=4, n_kv_heads=4,
+                multiple_of=32, max_seq_len=256, batch_size=32, gradient_accumulation_steps=1,
+                learning_rate=1e-3, warmup_iters=100, min_lr=1e-4, max_iters=100000,
+                max_minutes=10.0, eval_interval=500, eval_iters=20, log_interval=50,
+                dtype="bfloat16"),
+}
+
+
+class ConfigError(Exception):
+    """A setting or input that makes training impossible; reported as one line, exit status 1."""
+
+
+# -----------------------------------------------------------------------------------------------
+# Configuration
+
+
+def _help_texts():
+    """The comment after each default above, as its --help text (one place to document a setting)."""
+    src = Path(__file__).read_text(encoding="utf-8")
+    return dict(re.findall(r"^(\w+) = [^#\n]*#\s*(.+)$", src, flags=re.M))
+
+
+def _cast(default):
+    """Parse a command-line string into the type of the default."""
+    if isinstance(default, bool):
+        def to_bool(s):
+            if s.lower() in ("1", "true", "yes", "on"):
+                return True
+            if s.lower() in ("0", "false", "no", "off"):
+                return False
+            raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+        return to_bool
+    return type(default)
+
+
+def read_config_file(path):
+    """Settings from a .json object or a .py file of plain assignments."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        if p.suffix == ".json":
+            d = json.loads(p.read_text(encoding="utf-8"))
+        elif p.suffix == ".py":
+            d = {}
+            exec(compile(p.read_text(encoding="utf-8"), str(p), "exec"), {}, d)
+            d = {k: v for k, v in d.items() if not k.startswith("_")}
+        else:
+            raise ConfigError(f"{p}: config file must be .json or .py")
+    except (json.JSONDecodeError, SyntaxError) as e:
+        raise ConfigError(f"{p}: cannot parse config file ({e})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{p}: config file must hold an object of settings")
+    for k, v in d.items():
+        if k not in DEFAULTS:
+            raise ConfigError(f"{p}: unknown setting {k!r}")
+        want = type(DEFAULTS[k])
+        if want is float and isinstance(v, int) and not isinstance(v, bool):
+            d[k] = float(v)
+        elif not isinstance(v, want) or (want is int and isinstance(v, bool)):
+            raise ConfigError(f"{p}: setting {k!r} must be {want.__name__}, got {v!r}")
+    return d
+
+
+def parse_config(argv=None):
+    """defaults < preset < config file < command line; returns a plain dict."""
+    helps = _help_texts()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="presets: " + "; ".join(
+                                     f"{k}: " + " ".join(f"{a}={b}" for a, b in v.items())
+                                     for k, v in PRESETS.items()))
+    for k, v in DEFAULTS.items():
+        kw = dict(nargs="?", const=True) if isinstance(v, bool) else {}
+        ap.add_argument(f"--{k}", type=_cast(v), default=argparse.SUPPRESS, metavar=type(v).__name__.upper(),
+                        help=f"{helps.get(k, '')} (default: {v!r})".strip(), **kw)
+    given = vars(ap.parse_args(argv))
+    from_file = read_config_file(given["config"]) if given.get("config") else {}
+    name = given.get("preset", from_file.get("preset", ""))
+    if name and name not in PRESETS:
+        raise ConfigError(f"--preset {name!r}: choose one of {', '.join(PRESETS)}")
+    cfg = dict(DEFAULTS)
+    cfg.update(PRESETS.get(name, {}))
+    cfg.update(from_file)
+    cfg.update(given)
+    return cfg
+
+
+def check_config(cfg, world_size):
+    """Fail early, in one line, on settings that cannot work."""
+    if cfg["dim"] <= 0 or cfg["n_heads"] <= 0 or cfg["n_layers"] <= 0:
+        raise ConfigError(f"dim, n_heads and n_layers must be positive (got {cfg['dim']}, "
+                          f"{cfg['n_heads']}, {cfg['n_layers']})")
+    if cfg["dim"] % cfg["n_heads"]:
+        raise ConfigError(f"--n_heads {cfg['n_heads']} does not divide --dim {cfg['dim']}")
+    if (cfg["dim"] // cfg["n_heads"]) % 2:
+        raise ConfigError(f"head size dim/n_heads = {cfg['dim'] // cfg['n_heads']} must be even (rotary)")
+    kv = cfg["n_kv_heads"] or cfg["n_heads"]
+    if kv < 0 or cfg["n_heads"] % kv:
+        raise ConfigError(f"--n_kv_heads {cfg['n_kv_heads']} does not divide --n_heads {cfg['n_heads']}")
+    for k in ("batch_size", "gradient_accumulation_steps", "max_seq_len", "eval_interval", "eval_iters",
+              "log_interval", "max_iters"):
+        if cfg[k] <= 0:
+            raise ConfigError(f"--{k} must be positive, got {cfg[k]}")
+    if cfg["gradient_accumulation_steps"] % world_size:
+        raise ConfigError(f"--gradient_accumulation_steps {cfg['gradient_accumulation_steps']} is not "
+                          f"divisible by the number of processes ({world_size})")
+    if cfg["dtype"] not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"--dtype {cfg['dtype']!r}: choose float32, bfloat16 or float16")
+    if cfg["adamw"] not in ("auto", "fused", "foreach", "loop"):
+        raise ConfigError(f"--adamw {cfg['adamw']!r}: choose auto, fused, foreach or loop")
+    if not 0.0 <= cfg["dropout"] < 1.0:
+        raise ConfigError(f"--dropout must be in [0, 1), got {cfg['dropout']}")
+
+
+def default_data_dir():
+    """Where `tinystories.py pretokenize` (no --out_dir) writes shards of the project tokenizer."""
+    from tokenizer import Tokenizer
+    try:
+        ident = Tokenizer().identity()
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"no --data_dir given and {e}") from None
+    return str(default_out_dir(None, ident["sha256"], ident["vocab_size"]))
+
+
+def read_meta(data_dir, vocab):
+    """The data directory's meta.json, checked against the model's vocabulary. Returns
+    (meta, vocab_size, val_bytes_per_token)."""
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise ConfigError(f"data directory not found: {d} (make it with `python tinystories.py pretokenize`)")
+    try:
+        meta = load_meta(d)
+        if not meta.get("complete"):
+            raise ValueError(f"{d}: pretokenize did not finish (meta.json says incomplete); run it again")
+        data_vocab = int(meta["vocab_size"])
+        val = meta["splits"]["val"]
+        bytes_per_token = val["n_bytes"] / val["n_tokens"]
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    except (KeyError, TypeError, ZeroDivisionError) as e:
+        raise ConfigError(f"{d / 'meta.json'}: unreadable meta.json ({type(e).__name__}: {e})") from None
+    if vocab and vocab != data_vocab:
+        raise ConfigError(f"--vocab_size {vocab} does not match the data in {d} (vocab {data_vocab}, "
+                          f"tokenizer {meta.get('tokenizer', {}).get('path', '?')})")
+    return meta, data_vocab, bytes_per_token
+
+
+# -----------------------------------------------------------------------------------------------
+# Devices, precision and speed
+
+
+def pick_device(name, local_rank, ddp):
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda" and ddp:
+        name = f"cuda:{local_rank}"
+    return name
+
+
+def cpu_has_bf16():
+    """AVX512_BF16 / AMX (or another bf16 path oneDNN knows)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_dtype(requested, device_type):
+    """The autocast dtype actually used (float32: no autocast), with a warning when we fall back."""
+    if device_type == "cuda":
+        if requested == "bfloat16" and not torch.cuda.is_bf16_supported():
+            warn("this GPU has no bfloat16; using float16 with a gradient scaler")
+            return "float16"
+        return requested
+    if requested == "float16":
+        raise ConfigError(f"--dtype float16 needs CUDA (device is {device_type}); use bfloat16 or float32")
+    if device_type == "cpu" and requested == "bfloat16" and not cpu_has_bf16():
+        warn("this CPU has no bfloat16 support; training in float32")
+        return "float32"
+    if device_type == "mps" and requested == "bfloat16":
+        return "float32"  # autocast on MPS is still partial; full precision is the safe choice
+    return requested
+
+
+def peak_flops(cfg, device_type, dtype):
+    """FLOP/s that MFU is measured against: the flag, else an A100's bf16 peak on CUDA (as nanoGPT),
+    else on CPU threads x FLOP/cycle (AMX bf16 1024, AVX-512 fp32 64) x clock."""
+    if cfg["peak_tflops"] > 0:
+        return cfg["peak_tflops"] * 1e12
+    if device_type != "cpu":
+        return 312e12
+    flags, ghz = "", 2.5
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        flags = re.search(r"^flags\s*:(.*)$", info, re.M).group(1)
+        ghz = float(re.search(r"^cpu MHz\s*:\s*([\d.]+)", info, re.M).group(1)) / 1000
+    except (OSError, AttributeError, ValueError):
+        pass
+    per_cycle = 1024 if (dtype == "bfloat16" and "amx_bf16" in flags) else 64 if "avx512f" in flags else 32
+    return torch.get_num_threads() * per_cycle * ghz * 1e9
+
+
+def warn(msg):
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def try_compile(model, X, Y, ctx):
+    """torch.compile, proven on one forward/backward now (compile errors surface at the first call);
+    on failure, warn and return the eager model. Gradients and the RNG are left as they were."""
+    rng = torch.get_rng_state()
+    try:
+        cmodel = torch.compile(model)
+        with ctx:
+            _, loss = cmodel(X, Y)
+        loss.backward()
+        return cmodel
+    except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        warn(f"torch.compile failed ({type(e).__name__}: {first}); continuing without it")
+        torch._dynamo.reset()
+        return model
+    finally:
+        model.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng)
+
+
+def make_optimizer(model, cfg, device_type):
+    """model.configure_optimizers (decay on >=2-D weights, fused where available), or the same
+    parameter groups with the implementation --adamw names."""
+    betas = (cfg["beta1"], cfg["beta2"])
+    opt = model.configure_optimizers(cfg["weight_decay"], cfg["learning_rate"], betas, device_type)
+    if cfg["adamw"] == "auto":
+        return opt
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
+    return torch.optim.AdamW(groups, lr=cfg["learning_rate"], betas=betas,
+                             fused=cfg["adamw"] == "fused", foreach=cfg["adamw"] == "foreach")
+
+
+# -----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def rng_state(device_type):
+    np_state = np.random.get_state()
+    return {"python": random.getstate(),
+            # numpy's state as plain lists, so the checkpoint loads with torch.load(weights_only=True)
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if device_type == "cuda" else None}
+
+
+def set_rng_state(s):
+    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
+    np.random.set_state((s["numpy"][0], np.array(s["numpy"][1], dtype=np.uint32), *s["numpy"][2:]))
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def save_checkpoint(path, **ckpt):
+    """torch.save to path.tmp, then rename: a kill mid-write never leaves a broken ckpt.pt."""
+    tmp = Path(str(path) + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"checkpoint not found: {p}")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file
+        raise ConfigError(f"{p}: not a readable checkpoint ({type(e).__name__})") from None
+
+
+# -----------------------------------------------------------------------------------------------
+# Schedule, evaluation, logging
+
+
+def get_lr(it, progress, cfg):
+    """Linear warmup for warmup_iters, then cosine from learning_rate down to min_lr over the rest of
+    the run; `progress` in [0, 1] is the fraction of the run done (iterations or time budget)."""
+    if it < cfg["warmup_iters"]:
+        return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
+    if not cfg["decay_lr"]:
+        return cfg["learning_rate"]
+    coeff = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return cfg["min_lr"] + coeff * (cfg["learning_rate"] - cfg["min_lr"])
+
+
+@torch.no_grad()
+def estimate_loss(model, cfg, ctx, device, vocab, rank, world_size):
+    """Mean loss over eval_iters fixed batches per split (the same batches at every evaluation),
+    shared out across the DDP ranks."""
+    model.eval()
+    out = {}
+    n = max(1, cfg["eval_iters"] // world_size)
+    for split in ("train", "val"):
+        batches = iter_batches(split, cfg["batch_size"], cfg["max_seq_len"], cfg["data_dir"], device,
+                               seed=cfg["seed"] + 1, rank=rank, world_size=world_size, vocab_size=vocab)
+        total = torch.zeros((), device=device)
+        for _ in range(n):
+            X, Y = next(batches)
+            with ctx:
+                _, loss = model(X, Y)
+            total += loss.float()
+        if world_size > 1:
+            dist.all_reduce(total)
+        out[split] = total.item() / (n * world_size)
+    model.train()
+    return out
+
+
+def log_metrics(path, **event):
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(event) + "\n")
+
+
+def plot_losses(metrics_path, png_path):
+    """loss.png from metrics.jsonl (a resumed run's later events replace the killed run's)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, ev = {}, {}
+    for line in Path(metrics_path).read_text(encoding="utf-8").splitlines():
+        e = json.loads(line)
+        if e["event"] == "train":
+            train[e["iter"]] = e["loss"]
+        elif e["event"] == "eval":
+            ev[e["iter"]] = e
+    fig, ax = plt.subplots(figsize=(8, 5))
+    if train:
+        ax.plot(sorted(train), [train[i] for i in sorted(train)], lw=0.8, alpha=0.6, label="train (batch)")
+    if ev:
+        its = sorted(ev)
+        ax.plot(its, [ev[i]["train_loss"] for i in its], "o-", label="train (eval)")
+        ax.plot(its, [ev[i]["val_loss"] for i in its], "o-", label="val")
+        last = ev[its[-1]]
+        ax.set_title(f"iter {last['iter']}: val loss {last['val_loss']:.4f}, {last['val_bpb']:.4f} bits/byte")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cross-entropy loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    tmp = str(png_path) + ".tmp"
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+
+
+def fmt_time(s):
+    s = int(max(0, s))
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+# -----------------------------------------------------------------------------------------------
+# Training
+
+
+def train(cfg):
+    # --- processes and devices (check everything that can be checked before starting processes) ---
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    master = rank == 0
+    check_config(cfg, world_size)
+    cfg["data_dir"] = cfg["data_dir"] or default_data_dir()
+    meta, vocab, val_bytes_per_token = read_meta(cfg["data_dir"], cfg["vocab_size"])
+    dev = pick_device(cfg["device"], local_rank, ddp)
+    device_type = "cuda" if dev.startswith("cuda") else dev
+    amp = pick_dtype(cfg["dtype"], device_type)
+    ckpt = None
+    if cfg["init_from"] == "resume":
+        ckpt = load_checkpoint(Path(cfg["out_dir"]) / "ckpt.pt")
+    elif cfg["init_from"] != "scratch":
+        ckpt = load_checkpoint(cfg["init_from"])
+    if ckpt is not None:
+        ck_tok, data_tok = ckpt.get("tokenizer") or {}, meta.get("tokenizer") or {}
+        if ck_tok.get("sha256") and data_tok.get("sha256") and ck_tok["sha256"] != data_tok["sha256"]:
+            raise ConfigError(f"the checkpoint's tokenizer ({ck_tok.get('path')}) is not the data's "
+                              f"({data_tok.get('path')}) in {cfg['data_dir']}")
+        if ckpt["model_args"]["vocab_size"] != vocab:
+            raise ConfigError(f"the checkpoint's vocab_size {ckpt['model_args']['vocab_size']} does not "
+                              f"match the data in {cfg['data_dir']} ({vocab})")
+
+    if ddp:
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        if device_type == "cuda":
+            torch.cuda.set_device(dev)
+    if cfg["threads"] > 0:
+        torch.set_num_threads(cfg["threads"])
+    accum = cfg["gradient_accumulation_steps"] // world_size  # micro-steps per rank per iteration
+    B, T = cfg["batch_size"], cfg["max_seq_len"]
+    tokens_per_iter = accum * world_size * B * T
+    out_dir = Path(cfg["out_dir"])
+    metrics_path, png_path = out_dir / "metrics.jsonl", out_dir / "loss.png"
+    if master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[amp]
+    ctx = nullcontext() if amp == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
+
+    # --- model ---
+    torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
+    if ckpt is not None:
+        margs = ModelArgs(**ckpt["model_args"])
+        margs.dropout = cfg["dropout"]  # a training choice, not part of the shape
+    else:
+        margs = ModelArgs(dim=cfg["dim"], n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
+                          n_kv_heads=cfg["n_kv_heads"] or None, vocab_size=vocab,
+                          hidden_dim=cfg["hidden_dim"] or None, multiple_of=cfg["multiple_of"],
+                          max_seq_len=T, dropout=cfg["dropout"],
+                          shared_classifier=cfg["shared_classifier"])
+    if T > margs.max_seq_len:
+        raise ConfigError(f"--max_seq_len {T} exceeds the checkpoint's max_seq_len {margs.max_seq_len}")
+    raw_model = Transformer(margs)
+    iter_num, best_val_loss, elapsed_before = 0, float("inf"), 0.0
+    if ckpt is not None:
+        raw_model.load_state_dict(ckpt["model"])
+    raw_model.to(dev)
+    optimizer = make_optimizer(raw_model, cfg, device_type)
+    scaler = torch.amp.GradScaler(device_type, enabled=(amp == "float16"))
+    if cfg["init_from"] == "resume":
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        elapsed_before = ckpt.get("elapsed_s", 0.0)
+        if master:
+            set_rng_state(ckpt["rng"])
+        else:  # only rank 0's RNG is saved; the others restart from a seed that depends on the iteration
+            torch.manual_seed(cfg["seed"] + rank + 1000003 * iter_num)
+    elif rank:
+        torch.manual_seed(cfg["seed"] + rank)  # per-rank dropout masks
+    start_iter = iter_num
+    ckpt = None  # free it
+
+    # --- data: batch k of this rank is a pure function of (seed, rank, k), so resuming is exact ---
+    try:
+        train_batches = iter_batches("train", B, T, cfg["data_dir"], dev, seed=cfg["seed"], rank=rank,
+                                     world_size=world_size, num_workers=cfg["num_workers"],
+                                     start_batch=iter_num * accum, vocab_size=vocab)
+        X, Y = next(train_batches)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+    model = raw_model
+    if cfg["compile"]:
+        model = try_compile(raw_model, X, Y, ctx)
+    if ddp:
+        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+    peak = peak_flops(cfg, device_type, amp)
+
+    if master:
+        n_params = raw_model.num_params()
+        print(f"model: {n_params / 1e6:.2f}M parameters, dim {margs.dim}, {margs.n_layers} layers, "
+              f"{margs.n_heads} heads ({margs.n_kv_heads} kv), hidden {margs.hidden_dim}, vocab {vocab}, "
+              f"seq {T}", flush=True)
+        print(f"training: {dev}, autocast {amp}, {world_size} process(es), {tokens_per_iter:,} tokens/iter "
+              f"= {accum} x {world_size} x {B} x {T}, {torch.get_num_threads()} threads"
+              f"{', compiled' if model is not raw_model and cfg['compile'] else ''}", flush=True)
+        log_metrics(metrics_path, event="start", iter=iter_num, n_params=n_params, config=cfg,
+                    model_args=asdict(margs), device=dev, autocast=amp, world_size=world_size)
+
+    # --- the loop ---
+    budget = cfg["max_minutes"] * 60.0
+    eval_reserve = 0.0  # how long the last evaluation took: the final one must fit in the budget
+    t_start = time.time() - elapsed_before
+    t_log, iters_since_log, loss_sum = time.time(), 0, None
+    running_mfu = -1.0
+    while True:
+        elapsed = time.time() - t_start
+        progress = iter_num / cfg["max_iters"]
+        if budget > 0:
+            progress = max(progress, elapsed / max(1e-9, budget - eval_reserve))
+        last = iter_num >= cfg["max_iters"] or progress >= 1.0
+        if ddp and budget > 0:  # ranks see different clocks: stop together on rank 0's say
+            flag = torch.tensor([float(last), progress], device=dev)
+            dist.broadcast(flag, 0)
+            last, progress = bool(flag[0].item()), float(flag[1].item())
+        lr = get_lr(iter_num, progress, cfg)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+
+        resumed_here = cfg["init_from"] == "resume" and iter_num == start_iter and not last
+        if (iter_num % cfg["eval_interval"] == 0 and not resumed_here) or last or cfg["eval_only"]:
+            t_eval = time.time()
+            losses = estimate_loss(model, cfg, ctx, dev, vocab, rank, world_size)
+            val_bpb = losses["val"] / math.log(2) / val_bytes_per_token
+            eval_reserve = time.time() - t_eval
+            if master:
+                print(f"eval iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                      f"val {val_bpb:.4f} bits/byte ({eval_reserve:.1f}s)", flush=True)
+                log_metrics(metrics_path, event="eval", iter=iter_num, train_loss=losses["train"],
+                            val_loss=losses["val"], val_bpb=val_bpb, lr=lr,
+                            elapsed_s=time.time() - t_start)
+                improved = losses["val"] < best_val_loss
+                best_val_loss = min(best_val_loss, losses["val"])
+                if not cfg["eval_only"] and (improved or cfg["always_save_checkpoint"] or last) and iter_num > 0:
+                    save_checkpoint(out_dir / "ckpt.pt", model=raw_model.state_dict(), model_args=asdict(margs),
+                                    optimizer=optimizer.state_dict(),
+                                    scaler=scaler.state_dict() if scaler.is_enabled() else None,
+                                    iter_num=iter_num, best_val_loss=best_val_loss, config=cfg,
+                                    rng=rng_state(device_type), tokenizer=meta.get("tokenizer"),
+                                    elapsed_s=time.time() - t_start, val_bpb=val_bpb)
+                plot_losses(metrics_path, png_path)
+            t_log = time.time()  # evaluation time is not training speed
+        if last or cfg["eval_only"]:
+            break
+
+        # one iteration: accum micro-batches, gradients synchronised across ranks on the last only
+        for micro in range(accum):
+            sync = micro == accum - 1
+            with (model.no_sync() if ddp and not sync else nullcontext()):
+                with ctx:
+                    _, loss = model(X, Y)
+                    loss = loss / accum
+                X, Y = next(train_batches)  # fetch the next batch before backward (overlaps on GPU)
+                scaler.scale(loss).backward()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        if cfg["grad_clip"] > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        iter_num += 1
+        iters_since_log += 1
+
+        if iter_num % cfg["log_interval"] == 0 and master:
+            dt = (time.time() - t_log) / iters_since_log
+            lossf = loss_sum.item() / iters_since_log
+            if iter_num - start_iter >= 5:  # let the first iterations (warm-up, compile) pass
+                mfu = raw_model.estimate_mfu(accum * world_size * B, dt, peak)
+                running_mfu = mfu if running_mfu < 0 else 0.9 * running_mfu + 0.1 * mfu
+            left = (cfg["max_iters"] - iter_num) * dt
+            if budget > 0:
+                left = min(left, budget - (time.time() - t_start))
+            print(f"iter {iter_num} | loss {lossf:.4f} | lr {lr:.2e} | {dt * 1000:.1f} ms | "
+                  f"{tokens_per_iter / dt:,.0f} tok/s | mfu {max(running_mfu, 0) * 100:.2f}% | "
+                  f"{100 * progress:.1f}% | eta {fmt_time(left)}", flush=True)
+            log_metrics(metrics_path, event="train", iter=iter_num, loss=lossf, lr=lr, ms=dt * 1000,
+                        tok_s=tokens_per_iter / dt, mfu=running_mfu, elapsed_s=time.time() - t_start)
+        if iter_num % cfg["log_interval"] == 0:
+            t_log, iters_since_log, loss_sum = time.time(), 0, None
+
+    if ddp:
+        dist.destroy_process_group()
+
+
+def main(argv=None):
+    try:
+        cfg = parse_config(argv)
+        train(cfg)
+    except ConfigError as e:
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
