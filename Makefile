@@ -8,9 +8,44 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: all debug test quickstart venv clean
+.PHONY: all debug test test-c quickstart venv clean
 
 all: run
+
+# ---- C engine ------------------------------------------------------------------------------
+# Flags are probed with a test compile, so `make` works with any C11 compiler: OpenMP when the
+# compiler has it (else only its `simd` pragmas, else none), -march=native when accepted.
+CC      ?= cc
+accepts  = $(shell echo 'int main(void){return 0;}' | $(CC) $(1) -x c - -o /dev/null 2>/dev/null && echo $(1))
+OPENMP  := $(or $(call accepts,-fopenmp),$(call accepts,-fopenmp-simd),-Wno-unknown-pragmas)
+NATIVE  := $(call accepts,-march=native)
+CFLAGS  ?= -O3 $(NATIVE)
+WARN    := -std=c11 -Wall -Wextra
+SANITIZE := -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+            $(or $(call accepts,-fopenmp-simd),-Wno-unknown-pragmas)
+
+run: run.c babyllama.h
+	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -o $@ run.c -lm
+
+# the same engine under AddressSanitizer + UndefinedBehaviorSanitizer (single-threaded)
+run_debug: run.c babyllama.h
+	$(CC) $(WARN) $(SANITIZE) -o $@ run.c -lm
+
+debug: run_debug
+
+# C test programs (tests/c/*.c include run.c with -DBABYLLAMA_NO_MAIN): build/<name> is optimized
+# (the Python tests drive it), build/<name>_debug runs under the sanitizers.
+build/%: tests/c/%.c run.c babyllama.h
+	@mkdir -p build
+	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -I. -o $@ $< -lm
+
+build/%_debug: tests/c/%.c run.c babyllama.h
+	@mkdir -p build
+	$(CC) $(WARN) $(SANITIZE) -I. -o $@ $< -lm
+
+# the C unit tests, under the sanitizers (leaks included)
+test-c: build/test_api_debug
+	./build/test_api_debug
 
 # ---- Python environment ---------------------------------------------------------------------
 # The stamp file re-installs when the install files change.
@@ -22,7 +57,7 @@ $(VENV)/.installed: pyproject.toml $(wildcard setup.py)
 
 venv: $(VENV)/.installed
 
-test: all $(VENV)/.installed
+test: all test-c run_debug $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 clean:

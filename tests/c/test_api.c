@@ -1,0 +1,442 @@
+/*
+ * test_api.c: C-level tests of the engine through babyllama.h, meant to run under the address and
+ * undefined-behaviour sanitizers (`make test-c`), where a leak or an out-of-bounds read fails too.
+ *
+ * It writes a tiny random model (GQA, odd hidden size) as versions 0, 1 and 2 and a tiny tokenizer
+ * into a temporary folder, checks that they load and agree, then feeds every kind of malformed file
+ * through bl_model_open and checks that each one is refused with an error code and a one-line
+ * message naming the file. It also checks encoding, decoding and the sampler on known cases.
+ * It does not compare with PyTorch (tests/test_logits_parity.py does) or sentencepiece
+ * (tests/test_encode.py does).
+ */
+#define BABYLLAMA_NO_MAIN
+#include "run.c"
+
+static int failures = 0, checks = 0;
+#define CHECK(cond, ...) do { checks++; if (!(cond)) { failures++; \
+    fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); fprintf(stderr, __VA_ARGS__); fprintf(stderr, "\n"); } } while (0)
+
+static char dir[64];
+
+static const char *tmp_path(const char *name) {
+    static char buf[8][256];
+    static int k = 0;
+    k = (k + 1) % 8;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
+    return buf[k];
+}
+
+// ---- a tiny model ---------------------------------------------------------------------------
+
+enum { D = 16, H = 40, L = 2, NH = 4, NKV = 2, V = 265, S = 12, HS = D / NH, KVD = NKV * HS, GS = 8 };
+
+// tensor kinds, with their per-layer shapes
+enum { EMB, RMS_ATT, WQ, WK, WV, WO, RMS_FFN, W1, W2, W3, RMS_FINAL, WCLS, NT };
+static const int rows_of[NT] = {V, 1, D, KVD, KVD, D, 1, H, D, H, 1, V};
+static const int cols_of[NT] = {D, D, D, D, D, D, D, D, H, D, D, D};
+static const int layers_of[NT] = {1, L, L, L, L, L, L, L, L, L, 1, 1};
+static float *wt[NT];
+
+static uint64_t lcg = 1234567;
+static float rnd(void) {  // deterministic, in [-0.5, 0.5)
+    lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((lcg >> 40) & 0xFFFFFF) / 16777216.0f - 0.5f;
+}
+
+static void make_weights(void) {
+    for (int t = 0; t < NT; t++) {
+        size_t n = (size_t)layers_of[t] * rows_of[t] * cols_of[t];
+        wt[t] = malloc(n * sizeof(float));
+        int norm = t == RMS_ATT || t == RMS_FFN || t == RMS_FINAL;
+        for (size_t i = 0; i < n; i++) wt[t][i] = norm ? 1.0f + 0.2f * rnd() : 0.5f * rnd();
+    }
+}
+
+static size_t numel(int t) { return (size_t)rows_of[t] * cols_of[t]; }
+
+static void put_i32(FILE *f, int32_t v) { fwrite(&v, 4, 1, f); }
+static void put_f32s(FILE *f, const float *x, size_t n) { fwrite(x, 4, n, f); }
+
+static void write_v0(const char *path, int shared) {
+    FILE *f = fopen(path, "wb");
+    int hdr[7] = {D, H, L, NH, NKV, shared ? V : -V, S};
+    for (int i = 0; i < 7; i++) put_i32(f, hdr[i]);
+    int order[11] = {EMB, RMS_ATT, WQ, WK, WV, WO, RMS_FFN, W1, W2, W3, RMS_FINAL};
+    for (int i = 0; i < 11; i++) put_f32s(f, wt[order[i]], layers_of[order[i]] * numel(order[i]));
+    float zero = 0.0f;
+    for (int i = 0; i < S * HS; i++) put_f32s(f, &zero, 1);  // two RoPE tables of S * HS/2
+    if (!shared) put_f32s(f, wt[WCLS], numel(WCLS));
+    fclose(f);
+}
+
+static void write_header_v12(FILE *f, int version, int shared, int gs) {
+    unsigned char h[256] = {0};
+    int32_t vals[9] = {(int32_t)MAGIC, version, D, H, L, NH, NKV, V, S};
+    memcpy(h, vals, sizeof vals);
+    h[36] = (unsigned char)shared;
+    memcpy(h + 37, &gs, 4);
+    fwrite(h, 1, 256, f);
+}
+
+static void write_v1(const char *path, int shared) {
+    FILE *f = fopen(path, "wb");
+    write_header_v12(f, 1, shared, 0);
+    int order[11] = {RMS_ATT, RMS_FFN, RMS_FINAL, EMB, WQ, WK, WV, WO, W1, W2, W3};
+    for (int i = 0; i < 11; i++) put_f32s(f, wt[order[i]], layers_of[order[i]] * numel(order[i]));
+    if (!shared) put_f32s(f, wt[WCLS], numel(WCLS));
+    fclose(f);
+}
+
+// Q8_0 of one matrix: int8 values, then one scale per GS values
+static void put_q8(FILE *f, const float *w, size_t n) {
+    int8_t *q = malloc(n);
+    float *s = malloc(n / GS * sizeof(float));
+    for (size_t g = 0; g < n / GS; g++) {
+        float m = 0.0f;
+        for (int i = 0; i < GS; i++) m = fmaxf(m, fabsf(w[g * GS + i]));
+        s[g] = m / 127.0f;
+        for (int i = 0; i < GS; i++) q[g * GS + i] = (int8_t)roundf(w[g * GS + i] / s[g]);
+    }
+    fwrite(q, 1, n, f);
+    put_f32s(f, s, n / GS);
+    free(q), free(s);
+}
+
+static void write_v2(const char *path, int shared) {
+    FILE *f = fopen(path, "wb");
+    write_header_v12(f, 2, shared, GS);
+    int norms[3] = {RMS_ATT, RMS_FFN, RMS_FINAL}, mats[7] = {WQ, WK, WV, WO, W1, W2, W3};
+    for (int i = 0; i < 3; i++) put_f32s(f, wt[norms[i]], layers_of[norms[i]] * numel(norms[i]));
+    put_q8(f, wt[EMB], numel(EMB));
+    for (int i = 0; i < 7; i++)
+        for (int l = 0; l < L; l++) put_q8(f, wt[mats[i]] + l * numel(mats[i]), numel(mats[i]));
+    if (!shared) put_q8(f, wt[WCLS], numel(WCLS));
+    fclose(f);
+}
+
+// ---- a tiny tokenizer: <unk>, BOS, EOS, 256 byte pieces, then " ", "a", "b", " a", "ab", " ab" -----
+
+static const char *extra[] = {" ", "a", "b", " a", "ab", " ab"};
+static const float extra_score[] = {-1.0f, -1.0f, -1.0f, -2.0f, -3.0f, -1.5f};
+
+static void write_tokenizer(const char *path, int n_pieces, int bad_len_at) {
+    FILE *f = fopen(path, "wb");
+    put_i32(f, 6);
+    for (int i = 0; i < n_pieces; i++) {
+        char piece[16];
+        float score = 0.0f;
+        if (i < 3) snprintf(piece, sizeof piece, "%s", i == 0 ? "<unk>" : i == 1 ? "\n<s>\n" : "\n</s>\n");
+        else if (i < 259) snprintf(piece, sizeof piece, "<0x%02X>", i - 3);
+        else snprintf(piece, sizeof piece, "%s", extra[i - 259]), score = extra_score[i - 259];
+        int len = (int)strlen(piece);
+        put_f32s(f, &score, 1);
+        put_i32(f, i == bad_len_at ? 100000 : len);
+        fwrite(piece, 1, (size_t)len, f);
+    }
+    fclose(f);
+}
+
+// ---- helpers --------------------------------------------------------------------------------
+
+static void write_bytes(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    fwrite(data, 1, n, f);
+    fclose(f);
+}
+
+static char *read_all(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc(*n + 16);
+    *n = fread(buf, 1, *n, f);
+    fclose(f);
+    return buf;
+}
+
+// bl_model_open must fail with `code`, a one-line message that names `path`, and no model.
+static void expect_refused(const char *ckpt, const char *tok, int code, const char *path, const char *what) {
+    char err[BL_ERRLEN] = "";
+    bl_model *m = (bl_model *)1;
+    int rc = bl_model_open(ckpt, tok, &m, err, sizeof err);
+    CHECK(rc == code, "%s: expected error %d, got %d (%s)", what, code, rc, err);
+    CHECK(m == NULL, "%s: a failed open must leave *out NULL", what);
+    CHECK(strstr(err, path) != NULL, "%s: message '%s' does not name %s", what, err, path);
+    CHECK(strchr(err, '\n') == NULL && strlen(err) > 0, "%s: message must be one line: '%s'", what, err);
+    if (rc == BL_OK) bl_model_close(m);
+}
+
+// a copy of file src with bytes patched at offset, or cut to `size` bytes (size < 0: keep)
+static const char *variant(const char *src, const char *name, long size, size_t off, const void *patch, size_t n) {
+    size_t len;
+    char *data = read_all(src, &len);
+    if (patch) memcpy(data + off, patch, n);
+    const char *path = tmp_path(name);
+    write_bytes(path, data, size >= 0 ? (size_t)size : len);
+    free(data);
+    return path;
+}
+
+static float *logits_of(const char *ckpt, const int *ids, int n) {
+    char err[BL_ERRLEN];
+    bl_model *m = NULL;
+    bl_state *s = NULL;
+    if (bl_model_open(ckpt, NULL, &m, err, sizeof err) != BL_OK || bl_state_new(m, &s, err, sizeof err) != BL_OK) {
+        CHECK(0, "open %s: %s", ckpt, err);
+        bl_model_close(m);
+        return NULL;
+    }
+    float *out = malloc((size_t)n * V * sizeof(float));
+    CHECK(bl_logits(s, ids, n, out, err, sizeof err) == BL_OK, "bl_logits: %s", err);
+    bl_state_free(s);
+    bl_model_close(m);
+    return out;
+}
+
+static float max_abs_diff(const float *a, const float *b, size_t n) {
+    float m = 0.0f;
+    for (size_t i = 0; i < n; i++) m = fmaxf(m, fabsf(a[i] - b[i]));
+    return m;
+}
+
+// ---- tests ----------------------------------------------------------------------------------
+
+static void test_versions_agree(void) {
+    int ids[S] = {1, 300 % V, 7, 261, 42, 0, 5, 200, 3, 9, 100, 250};
+    const char *names[5] = {"v0.bin", "v1.bin", "v0u.bin", "v1u.bin", "v2.bin"};
+    float *lg[5];
+    for (int i = 0; i < 5; i++) lg[i] = logits_of(tmp_path(names[i]), ids, S);
+    if (!lg[0] || !lg[1] || !lg[2] || !lg[3] || !lg[4]) return;
+    size_t n = (size_t)S * V;
+    CHECK(max_abs_diff(lg[0], lg[1], n) == 0.0f, "v0 and v1 logits differ: %g", max_abs_diff(lg[0], lg[1], n));
+    CHECK(max_abs_diff(lg[2], lg[3], n) == 0.0f, "unshared v0 and v1 differ: %g", max_abs_diff(lg[2], lg[3], n));
+    CHECK(max_abs_diff(lg[0], lg[2], n) > 1e-3f, "an unshared classifier must change the logits");
+    float q = max_abs_diff(lg[0], lg[4], n), range = 0.0f;
+    for (size_t i = 0; i < n; i++) range = fmaxf(range, fabsf(lg[0][i]));
+    CHECK(q > 0.0f && q < 0.1f * range, "v2 (int8) logits off by %g (max |logit| %g)", q, range);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += !isfinite(lg[4][i]);
+    CHECK(bad == 0, "%zu v2 logits are not finite", bad);
+    for (int i = 0; i < 5; i++) free(lg[i]);
+}
+
+static void test_config_and_bounds(void) {
+    char err[BL_ERRLEN];
+    bl_model *m = NULL;
+    bl_state *s = NULL;
+    CHECK(bl_model_open(tmp_path("v2.bin"), tmp_path("tok.bin"), &m, err, sizeof err) == BL_OK, "open v2: %s", err);
+    if (!m) return;
+    bl_config c = bl_model_config(m);
+    CHECK(c.dim == D && c.hidden_dim == H && c.n_layers == L && c.n_heads == NH && c.n_kv_heads == NKV &&
+          c.vocab_size == V && c.seq_len == S && c.shared_classifier == 1 && c.version == 2 && c.group_size == GS,
+          "config of v2.bin is wrong");
+    CHECK(bl_state_new(m, &s, err, sizeof err) == BL_OK, "state: %s", err);
+    CHECK(bl_forward(s, V, 0) == NULL && bl_forward(s, -1, 0) == NULL, "token out of range must give NULL");
+    CHECK(bl_forward(s, 1, S) == NULL && bl_forward(s, 1, -1) == NULL, "pos out of range must give NULL");
+    CHECK(bl_forward(s, 1, 0) != NULL, "a valid forward must give logits");
+    int ids[S + 1] = {0};
+    float *out = malloc((S + 1) * V * sizeof(float));
+    CHECK(bl_logits(s, ids, S + 1, out, err, sizeof err) == BL_ERR_ARG, "S+1 tokens must not fit");
+    ids[3] = V;
+    CHECK(bl_logits(s, ids, 4, out, err, sizeof err) == BL_ERR_ARG, "token V must be refused");
+    free(out);
+    bl_state_free(s);
+    bl_model_close(m);
+}
+
+static void test_malformed_checkpoints(void) {
+    char v0[256], v1[256], v2[256];  // tmp_path's buffers are reused: keep copies
+    const char *p;
+    snprintf(v0, sizeof v0, "%s", tmp_path("v0.bin"));
+    snprintf(v1, sizeof v1, "%s", tmp_path("v1.bin"));
+    snprintf(v2, sizeof v2, "%s", tmp_path("v2.bin"));
+    size_t n0, n1;
+    free(read_all(v0, &n0)), free(read_all(v1, &n1));
+    expect_refused(tmp_path("missing.bin"), NULL, BL_ERR_IO, "missing.bin", "missing file");
+    expect_refused(dir, NULL, BL_ERR_IO, dir, "a directory");
+    long cuts0[] = {0, 1, 4, 27, 28, 29, 100, (long)n0 / 2, (long)n0 - 4, (long)n0 - 1};
+    for (int i = 0; i < 10; i++)
+        p = variant(v0, "cut0.bin", cuts0[i], 0, NULL, 0), expect_refused(p, NULL, BL_ERR_FORMAT, p, "truncated v0");
+    long cuts1[] = {4, 8, 35, 255, 256, 257, (long)n1 / 2, (long)n1 - 1};
+    for (int i = 0; i < 8; i++)
+        p = variant(v1, "cut1.bin", cuts1[i], 0, NULL, 0), expect_refused(p, NULL, BL_ERR_FORMAT, p, "truncated v1");
+    p = variant(v1, "long1.bin", (long)n1 + 1, 0, NULL, 0);  // one byte too many
+    expect_refused(p, NULL, BL_ERR_FORMAT, p, "trailing byte");
+    int32_t bad_magic = 0x616b3433, v3 = 3, v0ver = 0, gs3 = 3, gs0 = 0;
+    p = variant(v1, "magic.bin", -1, 0, &bad_magic, 4), expect_refused(p, NULL, BL_ERR_FORMAT, p, "wrong magic");
+    p = variant(v1, "ver3.bin", -1, 4, &v3, 4), expect_refused(p, NULL, BL_ERR_FORMAT, p, "version 3");
+    p = variant(v1, "ver0.bin", -1, 4, &v0ver, 4), expect_refused(p, NULL, BL_ERR_FORMAT, p, "version 0 with magic");
+    p = variant(v2, "gs3.bin", -1, 37, &gs3, 4), expect_refused(p, NULL, BL_ERR_FORMAT, p, "group size 3");
+    p = variant(v2, "gs0.bin", -1, 37, &gs0, 4), expect_refused(p, NULL, BL_ERR_FORMAT, p, "group size 0");
+    p = variant(v1, "shared7.bin", -1, 36, "\x07", 1), expect_refused(p, NULL, BL_ERR_FORMAT, p, "shared byte 7");
+    // header fields: zero, negative, huge (overflowing products), inconsistent
+    struct { int field; int32_t value; } bad[] = {
+        {0, 0}, {0, -16}, {0, INT32_MAX}, {0, 18}, {0, 20}, {1, 0}, {1, INT32_MAX}, {2, -1}, {2, 1 << 24},
+        {2, INT32_MAX}, {3, 0}, {3, 3}, {3, 32}, {4, 0}, {4, 3}, {4, 8}, {5, 0}, {5, INT32_MIN},
+        {5, INT32_MAX}, {5, 1 << 24}, {6, 0}, {6, -1}, {6, INT32_MAX}, {6, S + 1}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "hdr%zu.bin", i);
+        p = variant(v0, name, -1, 4 * (size_t)bad[i].field, &bad[i].value, 4);
+        expect_refused(p, NULL, BL_ERR_FORMAT, p, "bad v0 header field");
+        snprintf(name, sizeof name, "hdr%zu_v1.bin", i);
+        if (bad[i].field != 6) {  // seq_len does not change a version 1 file's size: it is valid there
+            p = variant(v1, name, -1, 8 + 4 * (size_t)bad[i].field, &bad[i].value, 4);
+            expect_refused(p, NULL, BL_ERR_FORMAT, p, "bad v1 header field");
+        }
+    }
+    int32_t neg_vocab = -V;  // a version 1 header has no sign convention: negative is just wrong
+    p = variant(v1, "negv.bin", -1, 8 + 20, &neg_vocab, 4), expect_refused(p, NULL, BL_ERR_FORMAT, p, "v1 vocab < 0");
+}
+
+static void test_huge_context(void) {
+    // a version 1 file's size does not depend on seq_len: a huge one must fail cleanly at bl_state_new
+    int32_t big = 1 << 24;
+    const char *p = variant(tmp_path("v1.bin"), "bigctx.bin", -1, 8 + 24, &big, 4);
+    char err[BL_ERRLEN];
+    bl_model *m = NULL;
+    bl_state *s = NULL;
+    CHECK(bl_model_open(p, NULL, &m, err, sizeof err) == BL_OK, "open bigctx: %s", err);
+    int rc = m ? bl_state_new(m, &s, err, sizeof err) : -1;
+    CHECK(rc == BL_OK || rc == BL_ERR_NOMEM, "bl_state_new with seq_len 2^24: rc %d", rc);
+    bl_state_free(s);
+    bl_model_close(m);
+}
+
+static void test_malformed_tokenizers(void) {
+    char v0[256];
+    const char *p;
+    snprintf(v0, sizeof v0, "%s", tmp_path("v0.bin"));
+    expect_refused(v0, tmp_path("nothere.bin"), BL_ERR_IO, "nothere.bin", "missing tokenizer");
+    p = tmp_path("tok_short.bin"), write_tokenizer(p, V - 1, -1);
+    expect_refused(v0, p, BL_ERR_FORMAT, p, "fewer pieces than the vocabulary");
+    p = tmp_path("tok_len.bin"), write_tokenizer(p, V, V - 1);
+    expect_refused(v0, p, BL_ERR_FORMAT, p, "length past the end");
+    p = tmp_path("tok_len0.bin"), write_tokenizer(p, V, 5);
+    expect_refused(v0, p, BL_ERR_FORMAT, p, "length past the end, early");
+    p = tmp_path("tok_empty.bin"), write_bytes(p, "", 0);
+    expect_refused(v0, p, BL_ERR_FORMAT, p, "empty tokenizer");
+    int32_t neg[3] = {6, 0, -5};
+    p = tmp_path("tok_neg.bin"), write_bytes(p, neg, sizeof neg);
+    expect_refused(v0, p, BL_ERR_FORMAT, p, "negative length");
+}
+
+static void expect_ids(const bl_model *m, const char *text, int bos, int eos, const int *want, int n_want) {
+    int ids[64], n = -1;
+    char err[BL_ERRLEN];
+    CHECK(bl_encode(m, text, bos, eos, ids, 64, &n, err, sizeof err) == BL_OK, "encode '%s': %s", text, err);
+    int same = n == n_want;
+    for (int i = 0; same && i < n; i++) same = ids[i] == want[i];
+    CHECK(same, "encode '%s': got %d ids, first %d", text, n, n > 0 ? ids[0] : -1);
+}
+
+static void test_tokenizer(void) {
+    char err[BL_ERRLEN];
+    bl_model *m = NULL;
+    CHECK(bl_model_open(tmp_path("v0.bin"), tmp_path("tok.bin"), &m, err, sizeof err) == BL_OK, "open: %s", err);
+    if (!m) return;
+    // ids: " " 259, "a" 260, "b" 261, " a" 262, "ab" 263, " ab" 264
+    expect_ids(m, "", 1, 0, (int[]){1}, 1);
+    expect_ids(m, "", 0, 1, (int[]){2}, 1);
+    expect_ids(m, "a", 1, 1, (int[]){1, 262, 2}, 3);
+    expect_ids(m, "ab", 0, 0, (int[]){264}, 1);  // " a" (-2) merges before "ab" (-3), then " ab"
+    expect_ids(m, "b a", 0, 0, (int[]){259, 261, 262}, 3);
+    expect_ids(m, "\xc3\xa9", 0, 0, (int[]){259, 3 + 0xc3, 3 + 0xa9}, 3);   // é: byte fallback
+    expect_ids(m, "<0x41>", 0, 0, (int[]){259, 3 + '<', 3 + '0', 3 + 'x', 3 + '4', 3 + '1', 3 + '>'}, 7);
+    expect_ids(m, "\xff\x80\x80\x80\x80", 0, 0, (int[]){259, 3 + 0xff, 3 + 0x80, 3 + 0x80, 3 + 0x80, 3 + 0x80}, 6);
+    int ids[4], n;
+    CHECK(bl_encode(m, "aaaa", 1, 1, ids, 4, &n, err, sizeof err) == BL_ERR_ARG, "a too small buffer must be refused");
+    const char *b;
+    CHECK(bl_decode(m, 1, 262, &b) == 1 && b[0] == 'a', "after BOS the leading space is stripped");
+    CHECK(bl_decode(m, 5, 262, &b) == 2 && memcmp(b, " a", 2) == 0, "elsewhere it is kept");
+    CHECK(bl_decode(m, 5, 3 + 'A', &b) == 1 && b[0] == 'A', "<0x41> decodes to A");
+    CHECK(bl_decode(m, 5, 3 + '\n', &b) == 1 && b[0] == '\n', "<0x0A> decodes to a newline");
+    CHECK(bl_decode(m, 5, 3 + 1, &b) == 0, "a lone control byte prints nothing");
+    CHECK(bl_decode(m, 5, 3 + 0xe4, &b) == 1 && (unsigned char)b[0] == 0xe4, "UTF-8 bytes are kept");
+    CHECK(bl_decode(m, 5, V, &b) == -1 && bl_decode(m, 5, -1, &b) == -1, "tokens out of range give -1");
+    bl_model_close(m);
+    CHECK(bl_model_open(tmp_path("v0.bin"), NULL, &m, err, sizeof err) == BL_OK, "open without tokenizer");
+    CHECK(bl_encode(m, "a", 1, 0, ids, 4, &n, err, sizeof err) == BL_ERR_ARG, "encode without tokenizer must fail");
+    CHECK(bl_decode(m, 1, 5, &b) == -1, "decode without tokenizer must fail");
+    bl_model_close(m);
+}
+
+// draw `n` samples from fixed logits; counts[i] = how often token i came
+static void draw(bl_sampler *s, const float *logits, int vocab, int n, int *counts) {
+    float *tmp = malloc((size_t)vocab * sizeof(float));
+    for (int k = 0; k < n; k++) {
+        memcpy(tmp, logits, (size_t)vocab * sizeof(float));
+        counts[bl_sample(s, tmp)]++;
+    }
+    free(tmp);
+}
+
+static void test_sampler(void) {
+    char err[BL_ERRLEN];
+    bl_sampler *s = NULL, *s2 = NULL;
+    float logits[4] = {logf(0.5f), logf(0.3f), logf(0.15f), logf(0.05f)};
+    int c[4] = {0};
+    bl_sampler_new(4, 0.0f, 0.9f, 0, 1, &s, err, sizeof err);
+    draw(s, logits, 4, 10, c);
+    CHECK(c[0] == 10, "temperature 0 is argmax");
+    bl_sampler_free(s);
+    memset(c, 0, sizeof c), bl_sampler_new(4, 1.0f, 0.0f, 0, 7, &s, err, sizeof err);
+    draw(s, logits, 4, 20000, c);
+    CHECK(abs(c[0] - 10000) < 400 && abs(c[1] - 6000) < 400 && abs(c[3] - 1000) < 200, "multinomial: %d %d %d %d", c[0], c[1], c[2], c[3]);
+    bl_sampler_free(s);
+    memset(c, 0, sizeof c), bl_sampler_new(4, 1.0f, 0.6f, 0, 7, &s, err, sizeof err);
+    draw(s, logits, 4, 5000, c);  // nucleus 0.6 = {0, 1}, in ratio 5:3
+    CHECK(c[2] == 0 && c[3] == 0 && abs(c[0] * 3 - c[1] * 5) < 1500, "top-p: %d %d %d %d", c[0], c[1], c[2], c[3]);
+    bl_sampler_free(s);
+    memset(c, 0, sizeof c), bl_sampler_new(4, 1.0f, 1.0f, 3, 7, &s, err, sizeof err);
+    draw(s, logits, 4, 5000, c);
+    CHECK(c[3] == 0 && c[2] > 0, "top-k 3 keeps three: %d %d %d %d", c[0], c[1], c[2], c[3]);
+    bl_sampler_free(s);
+    memset(c, 0, sizeof c), bl_sampler_new(4, 1.0f, 0.9f, 1, 7, &s, err, sizeof err);
+    draw(s, logits, 4, 100, c);
+    CHECK(c[0] == 100, "top-k 1 is argmax");
+    bl_sampler_free(s);
+    // the same seed gives the same draws; another seed other draws
+    int a[4] = {0}, b[4] = {0}, d[4] = {0};
+    bl_sampler_new(4, 1.0f, 0.0f, 0, 42, &s, err, sizeof err), bl_sampler_new(4, 1.0f, 0.0f, 0, 42, &s2, err, sizeof err);
+    draw(s, logits, 4, 500, a), draw(s2, logits, 4, 500, b);
+    CHECK(memcmp(a, b, sizeof a) == 0, "one seed, one sequence");
+    bl_sampler_free(s2), bl_sampler_new(4, 1.0f, 0.0f, 0, 43, &s2, err, sizeof err);
+    draw(s2, logits, 4, 500, d);
+    CHECK(memcmp(a, d, sizeof a) != 0, "another seed, another sequence");
+    bl_sampler_free(s), bl_sampler_free(s2);
+    float inf_logits[4] = {INFINITY, INFINITY, 0.0f, 0.0f};
+    bl_sampler_new(4, 1.0f, 0.9f, 0, 3, &s, err, sizeof err);
+    int t = bl_sample(s, inf_logits);
+    CHECK(t >= 0 && t < 4, "infinite logits still give a token");
+    bl_sampler_free(s);
+    CHECK(bl_sampler_new(4, -1.0f, 0.9f, 0, 1, &s, err, sizeof err) == BL_ERR_ARG && !s, "temperature < 0");
+    CHECK(bl_sampler_new(4, NAN, 0.9f, 0, 1, &s, err, sizeof err) == BL_ERR_ARG, "temperature NaN");
+    CHECK(bl_sampler_new(4, 1.0f, 1.5f, 0, 1, &s, err, sizeof err) == BL_ERR_ARG, "top_p > 1");
+    CHECK(bl_sampler_new(4, 1.0f, 0.9f, -2, 1, &s, err, sizeof err) == BL_ERR_ARG, "top_k < 0");
+    CHECK(bl_sampler_new(4, 1.0f, 0.9f, 0, 0, &s, err, sizeof err) == BL_ERR_ARG, "seed 0");
+}
+
+int main(void) {
+    snprintf(dir, sizeof dir, "/tmp/babyllama_test_XXXXXX");
+    if (!mkdtemp(dir)) return perror("mkdtemp"), 1;
+    make_weights();
+    write_v0(tmp_path("v0.bin"), 1), write_v1(tmp_path("v1.bin"), 1);
+    write_v0(tmp_path("v0u.bin"), 0), write_v1(tmp_path("v1u.bin"), 0);
+    write_v2(tmp_path("v2.bin"), 1);
+    write_tokenizer(tmp_path("tok.bin"), V, -1);
+    test_versions_agree();
+    test_config_and_bounds();
+    test_malformed_checkpoints();
+    test_huge_context();
+    test_malformed_tokenizers();
+    test_tokenizer();
+    test_sampler();
+    for (int t = 0; t < NT; t++) free(wt[t]);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    printf("test_api: %d checks, %d failures\n", checks, failures);
+    return failures ? 1 : 0;
+}
