@@ -1,0 +1,447 @@
+"""
+babyllama: the C inference engine (run.c) from Python, through cffi.
+
+    import babyllama
+    with babyllama.Model("models/tinystories-cpu.bin") as m:
+        print(m.generate("Once upon a time", max_new_tokens=100, seed=42))
+        for piece in m.generate("Lily saw", stream=True):
+            print(piece, end="", flush=True)
+
+What it does: opens a llama2.c checkpoint (.bin versions 0, 1, 2) and its tokenizer.bin, and offers
+encode / decode / logits / generate / generate_batch on top of the C API in babyllama.h. The
+generation loop here follows run.c's CLI exactly (same encoder, sampler, random generator, stop
+rules and printing rules), so `generate` reproduces `./run`'s stories for the same seed.
+What it does not do: train, export or batch matrix products (generate_batch runs independent
+stories on a thread pool).
+
+Errors: every C error becomes an exception carrying the C message (which names the file or the
+argument): `babyllama.Error` (a RuntimeError) for all of them; missing files are also
+FileNotFoundError, bad arguments also ValueError, failed allocations also MemoryError. Wrong
+argument types raise TypeError.
+
+Threads: one Model may be used from any number of threads at once. The weights are read-only and
+every call runs on its own C state (activations + KV cache) and its own sampler; the GIL is
+released during every C call (cffi API mode does this for all calls). close() waits for C calls in
+flight, then frees everything; a call (or a paused stream) that continues after close raises Error.
+"""
+import codecs
+import os
+import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from numbers import Integral, Real
+from pathlib import Path
+
+import numpy as np
+
+from ._babyllama import ffi, lib
+
+__all__ = ["Model", "Config", "Error", "BOS", "EOS"]
+
+BOS, EOS = 1, 2  # llama2.c's (and sentencepiece's) ids
+_REPO_TOKENIZER = Path(__file__).resolve().parent.parent / "tokenizer.bin"
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+class Error(RuntimeError):
+    """Any error from the babyllama engine; the message is the C engine's one-line message."""
+
+
+class FileError(Error, FileNotFoundError):
+    """A model or tokenizer file is missing or unreadable."""
+
+
+class ArgumentError(Error, ValueError):
+    """A bad argument (token id or position out of range, prompt longer than the context, ...)."""
+
+
+class OutOfMemory(Error, MemoryError):
+    """The engine could not allocate memory."""
+
+
+_ERRORS = {lib.BL_ERR_IO: FileError, lib.BL_ERR_FORMAT: Error, lib.BL_ERR_ARG: ArgumentError,
+           lib.BL_ERR_NOMEM: OutOfMemory}
+
+
+def _check(rc, err):
+    if rc != lib.BL_OK:
+        msg = ffi.string(err).decode("utf-8", "replace") or f"babyllama error code {rc}"
+        raise _ERRORS.get(rc, Error)(msg)
+
+
+def _errbuf():
+    return ffi.new("char[]", lib.BL_ERRLEN)
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks: wrong types are TypeError, wrong values ValueError
+
+def _path(x, what):
+    if not isinstance(x, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a str or os.PathLike, not {type(x).__name__}")
+    return os.fspath(x)
+
+
+def _int(x, what, lo=None):
+    if isinstance(x, bool) or not isinstance(x, Integral):
+        raise TypeError(f"{what} must be an int, not {type(x).__name__}")
+    if lo is not None and x < lo:
+        raise ArgumentError(f"{what} must be >= {lo}, got {x}")
+    return int(x)
+
+
+def _float(x, what):
+    if isinstance(x, bool) or not isinstance(x, Real):
+        raise TypeError(f"{what} must be a number, not {type(x).__name__}")
+    return float(x)
+
+
+def _str(x, what):
+    if not isinstance(x, str):
+        raise TypeError(f"{what} must be a str, not {type(x).__name__}")
+    if "\0" in x:
+        raise ArgumentError(f"{what} contains a NUL character")
+    return x
+
+
+def _stops(stop):
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+        raise TypeError("stop must be a str, a list of str, or None")
+    if any(s == "" for s in stop):
+        raise ArgumentError("stop strings must not be empty")
+    return tuple(stop)
+
+
+def _seed(seed):
+    if seed is None:  # like the CLI's default (the clock), but from the OS; never 0
+        return secrets.randbits(63) | 1
+    seed = _int(seed, "seed", lo=1)  # the xorshift generator is stuck at 0
+    if seed >= 1 << 64:
+        raise ArgumentError(f"seed must be below 2**64, got {seed}")
+    return seed
+
+
+@dataclass(frozen=True)
+class Config:
+    """The model's hyperparameters, as read from the checkpoint header."""
+    dim: int
+    hidden_dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    vocab_size: int
+    seq_len: int
+    shared_classifier: bool
+    version: int      # checkpoint format: 0 (legacy), 1 (fp32), 2 (int8 groups)
+    group_size: int   # int8 group size (version 2), else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+class Model:
+    """A llama2.c checkpoint opened by the C engine.
+
+    path: the checkpoint (.bin, version 0, 1 or 2; memory-mapped).
+    tokenizer: a llama2.c tokenizer.bin. Default: `tokenizer.bin` in the model's directory, else
+        the repository's top-level `tokenizer.bin` (found next to this package in a checkout);
+        when neither exists the model opens without one and only `logits` works.
+    """
+
+    def __init__(self, path, tokenizer=None):
+        path = _path(path, "path")
+        if not os.path.isfile(path):
+            raise FileError(f"model file not found: {path}")
+        if tokenizer is None:
+            for cand in (Path(path).resolve().parent / "tokenizer.bin", _REPO_TOKENIZER):
+                if cand.is_file():
+                    tokenizer = str(cand)
+                    break
+        else:
+            tokenizer = _path(tokenizer, "tokenizer")
+            if not os.path.isfile(tokenizer):
+                raise FileError(f"tokenizer file not found: {tokenizer}")
+        self.path, self.tokenizer_path = path, tokenizer
+        # close() vs calls in flight: a call counts itself in _busy under _cond; close waits for 0
+        self._cond = threading.Condition()
+        self._busy = 0
+        self._states = set()   # every bl_state made (freed at close)
+        self._idle = []        # states not in use, for reuse (a state is one KV cache)
+        self._m = None
+        out, err = ffi.new("bl_model **"), _errbuf()
+        tok = os.fsencode(tokenizer) if tokenizer is not None else ffi.NULL
+        _check(lib.bl_model_open(os.fsencode(path), tok, out, err, lib.BL_ERRLEN), err)
+        self._m = out[0]
+        c = lib.bl_model_config(self._m)
+        self.config = Config(c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads,
+                             c.vocab_size, c.seq_len, bool(c.shared_classifier), c.version,
+                             c.group_size)
+
+    def __repr__(self):
+        state = "closed" if self._m is None else f"{self.config}"
+        return f"babyllama.Model({self.path!r}, {state})"
+
+    # -- lifetime --------------------------------------------------------------------------------
+
+    def close(self):
+        """Free the weights and every state. Waits for C calls in flight; later calls raise."""
+        with self._cond:
+            if self._m is None:
+                return
+            m, self._m = self._m, None  # from here on _enter refuses
+            while self._busy:
+                self._cond.wait()
+            for s in self._states:
+                lib.bl_state_free(s)
+            self._states.clear()
+            self._idle.clear()
+            lib.bl_model_close(m)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_m", None) is not None:
+            self.close()
+
+    @property
+    def closed(self):
+        return self._m is None
+
+    def _enter(self):
+        with self._cond:
+            if self._m is None:
+                raise Error(f"model {self.path} is closed")
+            self._busy += 1
+            return self._m
+
+    def _exit(self):
+        with self._cond:
+            self._busy -= 1
+            if not self._busy:
+                self._cond.notify_all()
+
+    def _take_state(self):
+        """A state for one call (reused: positions are always written before they are read)."""
+        m = self._enter()
+        try:
+            with self._cond:
+                if self._idle:
+                    return self._idle.pop()
+            out, err = ffi.new("bl_state **"), _errbuf()
+            _check(lib.bl_state_new(m, out, err, lib.BL_ERRLEN), err)
+            with self._cond:
+                self._states.add(out[0])
+            return out[0]
+        finally:
+            self._exit()
+
+    def _give_state(self, s):
+        with self._cond:
+            if s in self._states:  # not freed by close() meanwhile
+                self._idle.append(s)
+
+    # -- tokens ----------------------------------------------------------------------------------
+
+    def encode(self, text, bos=True, eos=False):
+        """Token ids of `text` (llama2.c's / sentencepiece's encoding), BOS first by default."""
+        data = _str(text, "text").encode("utf-8")
+        cap = len(data) + 3
+        ids, n, err = ffi.new("int[]", cap), ffi.new("int *"), _errbuf()
+        m = self._enter()
+        try:
+            _check(lib.bl_encode(m, data, bool(bos), bool(eos), ids, cap, n, err, lib.BL_ERRLEN), err)
+        finally:
+            self._exit()
+        return list(ffi.unpack(ids, n[0]))
+
+    def _piece(self, m, prev, token):
+        """The bytes the CLI prints for `token` after `prev`."""
+        out = ffi.new("const char **")
+        n = lib.bl_decode(m, prev, token, out)
+        if n < 0:
+            if self.tokenizer_path is None:
+                raise Error(f"model {self.path} has no tokenizer (none found next to it; pass tokenizer=)")
+            raise ArgumentError(f"token id {token} is out of range [0, {self.config.vocab_size})")
+        return ffi.buffer(out[0], n)[:]
+
+    def decode_bytes(self, ids):
+        """The bytes the CLI would print for `ids` after a BOS (BOS itself prints nothing)."""
+        ids = self._ids(ids)
+        out, prev = [], BOS
+        m = self._enter()
+        try:
+            for t in ids:
+                if t != BOS:
+                    out.append(self._piece(m, prev, t))
+                prev = t
+        finally:
+            self._exit()
+        return b"".join(out)
+
+    def decode(self, ids):
+        """Text of `ids`: decode(encode(s)) == s for text the vocabulary covers."""
+        return self.decode_bytes(ids).decode("utf-8", "replace")
+
+    def _ids(self, ids):
+        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+            raise TypeError(f"ids must be a sequence of ints, not {type(ids).__name__}")
+        if isinstance(ids, np.ndarray):
+            if ids.ndim != 1 or ids.dtype.kind not in "iu":
+                raise TypeError(f"ids must be a 1-d integer array, got {ids.dtype} with shape {ids.shape}")
+            ids = ids.tolist()
+        ids = [_int(t, "token id") for t in ids]
+        V = self.config.vocab_size
+        for t in ids:
+            if not 0 <= t < V:
+                raise ArgumentError(f"token id {t} is out of range [0, {V})")
+        return ids
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def logits(self, ids):
+        """float32 array [len(ids), vocab_size]: row i holds the logits after ids[0..i]."""
+        ids = self._ids(ids)
+        n, V = len(ids), self.config.vocab_size
+        if not 1 <= n <= self.config.seq_len:
+            raise ArgumentError(f"logits needs 1 to seq_len={self.config.seq_len} ids, got {n}")
+        out = np.empty((n, V), dtype=np.float32)
+        cids, err = ffi.new("int[]", ids), _errbuf()
+        s = self._take_state()
+        try:
+            m = self._enter()
+            try:
+                _check(lib.bl_logits(s, cids, n, ffi.from_buffer("float[]", out), err, lib.BL_ERRLEN), err)
+            finally:
+                self._exit()
+        finally:
+            self._give_state(s)
+        return out
+
+    # -- generation ------------------------------------------------------------------------------
+
+    def generate(self, prompt="", max_new_tokens=256, temperature=1.0, top_p=0.9, top_k=0,
+                 seed=None, stop=None, stream=False):
+        """Continue `prompt` and return the new text (without the prompt).
+
+        Same loop as `./run`: the prompt is encoded with BOS first, forced token by token, then
+        tokens are sampled (temperature 0 = argmax; else softmax(logits/temperature), top_k
+        (0: off) then top_p (<=0 or >=1: off), llama2.c's xorshift* generator seeded with `seed`,
+        a positive int; None = random). Generation stops at BOS (the story separator, not
+        printed), at EOS (printed as the CLI does), after `max_new_tokens` tokens, when the
+        context (seq_len positions) is full, or at the first of the `stop` strings (str or list;
+        the returned text ends just before it).
+
+        CLI equivalence: `./run model.bin -i PROMPT -n N` equals
+        `prompt + generate(PROMPT, max_new_tokens=N - len(encode(PROMPT, bos=False)))`, and the
+        CLI prints a final newline. (-n counts positions: BOS, the prompt and the new tokens but
+        the last one, which is never fed back.) Bytes are decoded as UTF-8 (invalid bytes become
+        U+FFFD). With stream=True, returns an iterator of text pieces, each a whole number of
+        characters (a character split over several tokens is held back until complete).
+        """
+        prompt = _str(prompt, "prompt")
+        max_new_tokens = _int(max_new_tokens, "max_new_tokens", lo=0)
+        temperature, top_p = _float(temperature, "temperature"), _float(top_p, "top_p")
+        top_k = _int(top_k, "top_k", lo=0)
+        if temperature < 0:
+            raise ArgumentError(f"temperature must be >= 0, got {temperature}")
+        stops, seed = _stops(stop), _seed(seed)
+        ids = self.encode(prompt, bos=True)
+        if len(ids) > self.config.seq_len:
+            raise ArgumentError(f"prompt is {len(ids)} tokens (with BOS), longer than the "
+                                f"context of {self.config.seq_len}")
+        pieces = self._stream(ids, max_new_tokens, temperature, top_p, top_k, seed, stops)
+        return pieces if stream else "".join(pieces)
+
+    def _tokens(self, ids, max_new_tokens, temperature, top_p, top_k, seed):
+        """Yield (token, bytes printed) for each new token; the CLI's loop."""
+        steps = min(len(ids) - 1 + max_new_tokens, self.config.seq_len)
+        sampler, err = ffi.new("bl_sampler **"), _errbuf()
+        _check(lib.bl_sampler_new(self.config.vocab_size, temperature, top_p, top_k, seed,
+                                  sampler, err, lib.BL_ERRLEN), err)
+        s = None
+        try:
+            s = self._take_state()
+            token = ids[0]
+            for pos in range(steps):
+                m = self._enter()
+                try:
+                    logits = lib.bl_forward(s, token, pos)
+                    if logits == ffi.NULL:
+                        raise ArgumentError(f"token {token} or position {pos} is out of range")
+                    nxt = ids[pos + 1] if pos + 1 < len(ids) else lib.bl_sample(sampler[0], logits)
+                    if nxt == BOS:
+                        return
+                    piece = self._piece(m, token, nxt)
+                finally:
+                    self._exit()
+                if pos + 1 >= len(ids):  # prompt tokens are forced, not returned
+                    yield nxt, piece
+                    if nxt == EOS:
+                        return
+                token = nxt
+        finally:
+            lib.bl_sampler_free(sampler[0])
+            if s is not None:
+                self._give_state(s)
+
+    def _stream(self, ids, max_new_tokens, temperature, top_p, top_k, seed, stops):
+        """Text pieces: whole UTF-8 characters, cut at the first stop string."""
+        utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop string
+        pending = ""
+        for _, piece in self._tokens(ids, max_new_tokens, temperature, top_p, top_k, seed):
+            pending += utf8.decode(piece)
+            if stops:
+                cut = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
+                if cut >= 0:
+                    if cut:
+                        yield pending[:cut]
+                    return
+                if len(pending) > hold:
+                    yield pending[:len(pending) - hold]
+                    pending = pending[len(pending) - hold:]
+            elif pending:
+                yield pending
+                pending = ""
+        pending += utf8.decode(b"", final=True)
+        if pending:
+            yield pending
+
+    def generate_batch(self, prompts, max_new_tokens=256, temperature=1.0, top_p=0.9, top_k=0,
+                       seed=None, stop=None, threads=None):
+        """generate() for each prompt, several at once; returns the texts in order.
+
+        seed: None (random), an int (prompt i uses seed + i), or one seed per prompt. Each story
+        equals generate(prompt, ..., seed=its seed). Runs on `threads` threads (default: one per
+        core, at most one per prompt), each with its own state; the GIL is released in C.
+        """
+        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+            raise TypeError("prompts must be a list of str")
+        for p in prompts:
+            _str(p, "each prompt")
+        n = len(prompts)
+        if seed is None or isinstance(seed, Integral) and not isinstance(seed, bool):
+            seeds = [None if seed is None else seed + i for i in range(n)]
+        elif isinstance(seed, (list, tuple)) and len(seed) == n:
+            seeds = list(seed)
+        else:
+            raise TypeError("seed must be None, an int, or a list with one int per prompt")
+        threads = _int(threads, "threads", lo=1) if threads is not None else (os.cpu_count() or 1)
+        if n == 0:
+            return []
+        kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                  top_k=top_k, stop=stop)
+        with ThreadPoolExecutor(max_workers=min(threads, n)) as pool:
+            futures = [pool.submit(self.generate, p, seed=s, **kw) for p, s in zip(prompts, seeds)]
+            return [f.result() for f in futures]

@@ -1,0 +1,83 @@
+"""
+cffi build script for `babyllama._babyllama`: the C engine in run.c, compiled as a Python extension.
+
+What it does: declares the API of babyllama.h to cffi (API mode, out-of-line) and compiles the very
+same run.c the CLI is built from, with -DBABYLLAMA_NO_MAIN so its main() drops out. One engine, no
+second copy. Flags: -O3, -march=native when the compiler accepts it, OpenMP when the compiler and
+its runtime are present; BABYLLAMA_CFLAGS (space separated) replaces the optional ones.
+What it does not do: anything at import time; setup.py's cffi_modules runs it at install time,
+`python babyllama/_build.py` rebuilds the extension in place (the Makefile does this for a checkout).
+"""
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from cffi import FFI
+
+# setuptools runs this file with __file__ set relative to the project root
+ROOT = Path(os.path.abspath(__file__)).parent.parent
+
+
+def cdef_from_header(text):
+    """babyllama.h minus what cffi's cdef cannot read: comments, C++ guards, preprocessor lines
+    (integer #defines stay: cffi reads those)."""
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    text = re.sub(r"#ifdef __cplusplus.*?#endif", "", text, flags=re.S)
+    keep = []
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("#") and not re.match(r"#\s*define\s+BL_\w+\s+\d+\s*$", s):
+            continue
+        keep.append(line)
+    return "\n".join(keep)
+
+
+def cc_accepts(flags, code="int main(void){return 0;}\n"):
+    """Whether the C compiler compiles and links `code` with `flags` (used to probe OpenMP, -march)."""
+    cc = shlex.split(os.environ.get("CC", "cc"))
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "probe.c"
+        src.write_text(code)
+        try:
+            r = subprocess.run(cc + flags + [str(src), "-o", str(Path(d) / "probe")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return r.returncode == 0
+
+
+def compile_flags():
+    """(compile args, link args): -O3 always; -march=native and -fopenmp when they work."""
+    if "BABYLLAMA_CFLAGS" in os.environ:
+        extra = shlex.split(os.environ["BABYLLAMA_CFLAGS"])
+        return ["-O3"] + extra, [f for f in extra if f == "-fopenmp"]
+    cflags, ldflags = ["-O3", "-std=gnu11"], []
+    if cc_accepts(["-march=native"]):
+        cflags.append("-march=native")
+    if cc_accepts(["-fopenmp"], "#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n"):
+        cflags.append("-fopenmp")
+        ldflags.append("-fopenmp")
+    return cflags, ldflags
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(cdef_from_header((ROOT / "babyllama.h").read_text()))
+_cflags, _ldflags = compile_flags()
+ffibuilder.set_source(
+    "babyllama._babyllama",
+    '#define BABYLLAMA_NO_MAIN\n#include "run.c"\n',
+    include_dirs=[str(ROOT)],
+    depends=[str(ROOT / "run.c"), str(ROOT / "babyllama.h")],
+    extra_compile_args=_cflags,
+    extra_link_args=_ldflags,
+    libraries=["m"],
+)
+
+if __name__ == "__main__":
+    # in-place build for a checkout: writes babyllama/_babyllama.c and the .so next to this file
+    print("compile flags:", " ".join(_cflags), file=sys.stderr)
+    ffibuilder.compile(tmpdir=str(ROOT), verbose=False)
