@@ -673,7 +673,8 @@ static void merge(const Tokenizer *t, int *ids, int *count, char *buf) {
 }
 
 // Encode into ids (room for strlen(text) + 3): BOS?, then " " + text split into UTF-8 characters
-// (sentencepiece's dummy prefix; unknown characters fall back to bytes), merged; EOS?.
+// (sentencepiece's dummy prefix; U+2581 counts as a space as in sentencepiece; unknown characters
+// fall back to bytes), merged; EOS?.
 static int encode(const Tokenizer *t, const char *text, int bos, int eos, int *ids) {
     int count = 0;
     if (bos) ids[count++] = 1;
@@ -682,7 +683,8 @@ static int encode(const Tokenizer *t, const char *text, int bos, int eos, int *i
     for (const char *c = text; *c;) {
         int n = 1;  // a lead byte and its continuation bytes (10xxxxxx), at most 4
         while (n < 4 && ((unsigned char)c[n] & 0xC0) == 0x80) n++;
-        emit(t, c, n, ids, &count);
+        int meta_space = n == 3 && memcmp(c, "\xe2\x96\x81", 3) == 0;  // U+2581: sentencepiece's space
+        emit(t, meta_space ? " " : c, meta_space ? 1 : n, ids, &count);
         c += n;
     }
     char *buf = malloc(2 * (size_t)t->max_len + 1);
