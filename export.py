@@ -21,6 +21,7 @@ What it does not do: train (train.py), run models fast (run.c), make tokenizer.b
     python export.py model.bin --from_hf out/hf
 """
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -416,7 +417,7 @@ def _tokenizer_files(tokenizer_path, vocab_size, seq_len):
     special = {"bos_token": sp.id_to_piece(sp.bos_id()), "eos_token": sp.id_to_piece(sp.eos_id()),
                "unk_token": sp.id_to_piece(sp.unk_id())}
     config = {"tokenizer_class": "LlamaTokenizer", **special, "pad_token": None,
-              "add_bos_token": True, "add_eos_token": False, "add_prefix_space": True, "legacy": True,
+              "add_bos_token": True, "add_eos_token": False, "add_prefix_space": True, "legacy": False,
               "clean_up_tokenization_spaces": False, "spaces_between_special_tokens": False,
               "model_max_length": seq_len, "sp_model_kwargs": {}}
     return special, config
@@ -620,7 +621,7 @@ def model_card(model, train_config=None, checkpoint_info=None, tokenizer_path=No
                           f"({acc} grad accum × {world} process{'es' if world > 1 else ''} × {bs} batch × {seq} seq len)"]
         info = checkpoint_info or {}
         if info.get("iter_num") is not None:
-            lines += [f"**Iterations trained:** {info['iter_num']:,}  "]
+            lines += ["", f"**Iterations trained:** {info['iter_num']:,}  "]
         if info.get("best_val_loss") is not None:
             lines += [f"**Best validation loss:** {float(info['best_val_loss']):.4f}"]
         lines += [""]
@@ -689,9 +690,12 @@ def main(argv=None):
             model = load_hf(a.from_hf)
         if a.hf:
             tok = a.tokenizer
-            recorded = (ckpt.get("tokenizer") or {}).get("path")
-            if tok is None and recorded and Path(recorded).is_file():
-                tok = recorded
+            recorded = ckpt.get("tokenizer") or {}
+            if tok is None and recorded.get("path") and Path(recorded["path"]).is_file():
+                # the tokenizer the model was trained with, if that file is still the same
+                digest = hashlib.sha256(Path(recorded["path"]).read_bytes()).hexdigest()
+                if digest == recorded.get("sha256", digest):
+                    tok = recorded["path"]
             info = {k: ckpt.get(k) for k in ("iter_num", "best_val_loss")}
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
