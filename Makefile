@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: all debug test test-c quickstart venv clean
+.PHONY: all debug test test-c quickstart story-model venv clean
 
 all: run
 
@@ -57,7 +57,26 @@ $(VENV)/.installed: pyproject.toml $(wildcard setup.py)
 
 venv: $(VENV)/.installed
 
-test: all test-c run_debug $(VENV)/.installed
+# The bindings' extension (pip install -e . compiled it first) is recompiled in place whenever the
+# engine changes, so `import babyllama` always runs the current run.c.
+build/.bindings: run.c babyllama.h babyllama/_build.py $(VENV)/.installed
+	@mkdir -p build
+	$(PY) babyllama/_build.py
+	touch $@
+
+# ---- quickstart: a story from the bundled model, from the C CLI and from Python ----------------
+STORY_MODEL := models/tinystories-cpu.bin
+
+quickstart: story-model all build/.bindings
+	@echo "--- ./run $(STORY_MODEL) (the C CLI)"
+	./run $(STORY_MODEL) -i "Once upon a time" -n 200 -t 0.8 -s 42
+	@echo "--- import babyllama (the same engine from Python)"
+	$(PY) -m babyllama $(STORY_MODEL) -i "Lily found a little box" -n 150 -t 0.8 -s 7
+
+story-model:
+	@test -f $(STORY_MODEL) || { echo "error: $(STORY_MODEL) is missing: the bundled story model is not in this checkout (train one: see README.md)" >&2; exit 1; }
+
+test: all test-c run_debug $(VENV)/.installed build/.bindings
 	$(PY) -m pytest -q tests
 
 clean:

@@ -353,8 +353,10 @@ class Model:
         max_new_tokens = _int(max_new_tokens, "max_new_tokens", lo=0)
         temperature, top_p = _float(temperature, "temperature"), _float(top_p, "top_p")
         top_k = _int(top_k, "top_k", lo=0)
-        if temperature < 0:
-            raise ArgumentError(f"temperature must be >= 0, got {temperature}")
+        if not 0 <= temperature < float("inf"):
+            raise ArgumentError(f"temperature must be a finite number >= 0, got {temperature}")
+        if not 0 <= top_p <= 1:
+            raise ArgumentError(f"top_p must be in [0, 1] (0 or 1: off), got {top_p}")
         stops, seed = _stops(stop), _seed(seed)
         ids = self.encode(prompt, bos=True)
         if len(ids) > self.config.seq_len:
@@ -366,6 +368,8 @@ class Model:
     def _tokens(self, ids, max_new_tokens, temperature, top_p, top_k, seed):
         """Yield (token, bytes printed) for each new token; the CLI's loop."""
         steps = min(len(ids) - 1 + max_new_tokens, self.config.seq_len)
+        if max_new_tokens == 0:
+            return
         sampler, err = ffi.new("bl_sampler **"), _errbuf()
         _check(lib.bl_sampler_new(self.config.vocab_size, temperature, top_p, top_k, seed,
                                   sampler, err, lib.BL_ERRLEN), err)

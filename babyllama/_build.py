@@ -5,8 +5,9 @@ What it does: declares the API of babyllama.h to cffi (API mode, out-of-line) an
 same run.c the CLI is built from, with -DBABYLLAMA_NO_MAIN so its main() drops out. One engine, no
 second copy. Flags: -O3, -march=native when the compiler accepts it, OpenMP when the compiler and
 its runtime are present; BABYLLAMA_CFLAGS (space separated) replaces the optional ones.
-What it does not do: anything at import time; setup.py's cffi_modules runs it at install time,
-`python babyllama/_build.py` rebuilds the extension in place (the Makefile does this for a checkout).
+What it does not do: anything at import time. setup.py's cffi_modules runs it at install time
+(`pip install .` or `pip install -e .`); `python babyllama/_build.py` rebuilds the extension in
+place for a checkout (the Makefile does this whenever run.c or babyllama.h changes).
 """
 import os
 import re
@@ -78,6 +79,11 @@ ffibuilder.set_source(
 )
 
 if __name__ == "__main__":
-    # in-place build for a checkout: writes babyllama/_babyllama.c and the .so next to this file
-    print("compile flags:", " ".join(_cflags), file=sys.stderr)
-    ffibuilder.compile(tmpdir=str(ROOT), verbose=False)
+    # in-place build for a checkout (the Makefile runs this when run.c changes): compile under
+    # build/cffi, then move the .so next to this file, where `import babyllama` finds it first
+    import shutil
+    print("compiling babyllama/_babyllama with:", " ".join(_cflags), file=sys.stderr)
+    so = Path(ffibuilder.compile(tmpdir=str(ROOT / "build" / "cffi"), verbose=False))
+    dest = ROOT / "babyllama" / so.name
+    shutil.copyfile(so, str(dest) + ".tmp")
+    os.replace(str(dest) + ".tmp", dest)

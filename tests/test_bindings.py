@@ -11,6 +11,7 @@ another thread generates is safe). What they do not test: speed (bench/run_speed
 import shutil
 import struct
 import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -307,12 +308,24 @@ def test_bad_arguments(aid):
         with pytest.raises(TypeError):
             call()
     for call in (lambda: aid.logits([1, 512]), lambda: aid.logits([]), lambda: aid.logits([1] * 129),
-                 lambda: aid.decode([-1]), lambda: aid.generate("x", temperature=-1.0),
+                 lambda: aid.decode([-1]), lambda: aid.generate("x", temperature=-1.0), lambda: aid.generate("x", top_p=1.5),
                  lambda: aid.generate("x", seed=0), lambda: aid.generate("x", max_new_tokens=-1),
                  lambda: aid.generate("word " * 200)):  # prompt longer than the context
         with pytest.raises(ValueError):
             call()
     assert issubclass(babyllama.Error, RuntimeError)
+
+
+def test_python_cli(aid):
+    """python -m babyllama prints what ./run prints for the same story (-n there counts new tokens)."""
+    A = AIDREAMS
+    r = subprocess.run([sys.executable, "-m", "babyllama", A / "aidreams260K.bin", "-z", A / "tok512.bin",
+                        "-i", "I dreamed", "-n", "30", "-t", "0.9", "-s", "11"], capture_output=True, timeout=60)
+    k = len(aid.encode("I dreamed", bos=False))
+    assert r.returncode == 0 and r.stdout == cli(A / "aidreams260K.bin", "-z", A / "tok512.bin", "-i", "I dreamed",
+                                                  "-n", 30 + k, "-t", 0.9, "-s", 11)
+    r = subprocess.run([sys.executable, "-m", "babyllama", "nope.bin"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.strip() == "error: model file not found: nope.bin"
 
 
 def test_default_tokenizer_is_next_to_the_model(tmp_path):
