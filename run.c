@@ -971,7 +971,10 @@ static int chat(const bl_model *m, bl_state *st, bl_sampler *sampler, const char
             ids = NULL;
             n_ids = rendered ? encode_prompt(m, rendered, steps - pos, &ids) : -1;
             free(rendered);
-            if (n_ids < 0) break;
+            if (n_ids < 0) {
+                free(ids);
+                return 1;
+            }
             at = 0, user_turn = 0;
             printf("Assistant: ");
         }
@@ -984,7 +987,7 @@ static int chat(const bl_model *m, bl_state *st, bl_sampler *sampler, const char
     }
     printf("\n");
     free(ids);
-    return n_ids < 0 ? 1 : 0;
+    return 0;
 }
 
 // ----------------------------------------------------------------------------------------------
