@@ -176,8 +176,9 @@ def iter_stories(paths):
 
 
 def is_val(story, val_frac):
-    """The fixed validation split: the first 8 bytes of blake2b(story) as a fraction of 2**64."""
-    h = int.from_bytes(hashlib.blake2b(story.encode("utf-8"), digest_size=8).digest(), "little")
+    """The fixed validation split: the first 8 bytes of blake2b(story's UTF-8) as a fraction of 2**64."""
+    b = story.encode("utf-8") if isinstance(story, str) else story
+    h = int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "little")
     return h < val_frac * 2**64
 
 
@@ -264,19 +265,23 @@ class StoryEncoder:
         pieces = (self.sp.id_to_piece(i) for i in range(self.sp.vocab_size()))
         self.chunked = all(ws not in p.lstrip(ws) for p in pieces)
 
-    def encode(self, story):
+    def parts(self, story):
+        """The ids of a story as a list of id lists, BOS first (join with itertools.chain)."""
         if not self.chunked or not story or story[0] == " " or story[-1] == " ":
-            return [self.bos] + self.sp.encode(story)
-        ids, cache = [self.bos], self.cache
-        for c in self.chunks(" " + story):
-            got = cache.get(c)
-            if got is None:
-                got = self.sp.encode(c[1:])  # sentencepiece's dummy prefix restores the space
-                if len(cache) >= self.max_cache:
-                    cache.clear()  # bounded memory on any input
-                cache[c] = got
-            ids += got
-        return ids
+            return [[self.bos], self.sp.encode(story)]
+        chunks = self.chunks(" " + story)
+        got = list(map(self.cache.get, chunks))
+        if None in got:
+            if len(self.cache) >= self.max_cache:
+                self.cache.clear()  # bounded memory on any input
+            for i, ids in enumerate(got):
+                if ids is None:  # sentencepiece's dummy prefix stands for the chunk's first space
+                    got[i] = self.cache[chunks[i]] = self.sp.encode(chunks[i][1:])
+        got.insert(0, [self.bos])
+        return got
+
+    def encode(self, story):
+        return list(itertools.chain.from_iterable(self.parts(story)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,15 +385,16 @@ def _init_worker(model_path):
 
 
 def _encode_block(stories, val_frac, dtype):
-    """(train ids, val ids, [n_stories, n_bytes] per split) for a block of stories; in a worker."""
-    out = {"train": [], "val": []}
+    """(ids, [n_stories, n_bytes]) per split for a block of stories; runs in a worker."""
+    parts = {"train": [], "val": []}
     stats = {"train": [0, 0], "val": [0, 0]}
     for s in stories:
-        split = "val" if is_val(s, val_frac) else "train"
-        out[split].append(np.asarray(_worker_encoder.encode(s), dtype=dtype))
+        b = s.encode("utf-8")
+        split = "val" if is_val(b, val_frac) else "train"
+        parts[split] += _worker_encoder.parts(s)
         stats[split][0] += 1
-        stats[split][1] += len(s.encode("utf-8"))
-    ids = {k: (np.concatenate(v) if v else np.zeros(0, dtype=dtype)) for k, v in out.items()}
+        stats[split][1] += len(b)
+    ids = {k: np.fromiter(itertools.chain.from_iterable(v), dtype=dtype) for k, v in parts.items()}
     return ids, stats
 
 

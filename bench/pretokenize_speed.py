@@ -1,0 +1,98 @@
+"""
+Pretokenization speed: `tinystories.pretokenize` (every core, chunk cache, shards written) against a
+single-process sentencepiece loop over the same stories (llama2.c's way: encode story by story,
+collect the ids, write them), on the shared TinyStories text repeated --repeat times. Each row is the
+best of --trials runs, measured side by side in this one run; the ratio is against the loop.
+
+    python bench/pretokenize_speed.py                  # ../shared/data/tinystories, x4
+    python bench/pretokenize_speed.py --repeat 8 --tokenizer ../shared/tokenizers/llama2/tokenizer.model
+
+What it does not do: measure download or the reading of all_data JSON shards.
+"""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import tinystories as ts  # noqa: E402
+from tokenizer import Tokenizer  # noqa: E402
+
+
+def single_loop(paths, model, out):
+    """The baseline: one process, one sentencepiece call per story, ids gathered then written."""
+    tok = Tokenizer(model)
+    ids = []
+    for story in ts.iter_stories(paths):
+        ids.extend(tok.encode(story, bos=True))
+    np.array(ids, dtype=ts.token_dtype(tok.n_words)).tofile(out)
+    return len(ids)
+
+
+def sp_batch(paths, model, threads):
+    """sentencepiece's own threaded batch encode of all stories at once (no shards written)."""
+    tok = Tokenizer(model)
+    return sum(len(x) for x in tok.encode_batch(list(ts.iter_stories(paths)), threads=threads))
+
+
+def ours(paths, model, out, workers):
+    shutil.rmtree(out, ignore_errors=True)
+    d = ts.pretokenize(paths, model, out, workers=workers, progress=False)
+    meta = ts.load_meta(d)["splits"]
+    return meta["train"]["n_tokens"] + meta["val"]["n_tokens"]
+
+
+def best_time(fn, trials):
+    times, n = [], 0
+    for _ in range(trials):
+        t = time.perf_counter()
+        n = fn()
+        times.append(time.perf_counter() - t)
+    return n, min(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    ap.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "tinystories"))
+    ap.add_argument("--tokenizer", default=str(ROOT / "tokenizer.model"))
+    ap.add_argument("--repeat", type=int, default=4, help="copies of the text, for a stable timing")
+    ap.add_argument("--trials", type=int, default=3)
+    args = ap.parse_args()
+    try:
+        stories = list(ts.iter_stories(ts.find_inputs(args.data_dir)))
+        Tokenizer(args.tokenizer)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    cores = os.cpu_count()
+    tmp = Path(tempfile.mkdtemp(prefix="pretok_bench_"))
+    try:
+        text = tmp / "stories.txt"
+        text.write_text("".join(s + "\n<|endoftext|>\n" for s in stories) * args.repeat, encoding="utf-8")
+        paths = [text]
+        rows = [
+            ("sentencepiece loop, 1 process (baseline)", lambda: single_loop(paths, args.tokenizer, tmp / "loop.bin")),
+            (f"sentencepiece batch encode, {cores} threads, no output",
+             lambda: sp_batch(paths, args.tokenizer, cores)),
+            ("pretokenize, 1 worker", lambda: ours(paths, args.tokenizer, tmp / "one", 1)),
+            (f"pretokenize, {cores} workers (default)", lambda: ours(paths, args.tokenizer, tmp / "all", None)),
+        ]
+        results = [(name, *best_time(fn, args.trials)) for name, fn in rows]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{len(stories) * args.repeat:,} stories ({args.repeat} x {len(stories):,}), tokenizer "
+          f"{Path(args.tokenizer).name}, {cores} cores, best of {args.trials}")
+    base = results[0][1] / results[0][2]
+    print(f"| {'method':<48} | {'tokens':>10} | {'seconds':>7} | {'tokens/s':>10} | {'ratio':>5} |")
+    print(f"|{'-' * 50}|{'-' * 12}|{'-' * 9}|{'-' * 12}|{'-' * 7}|")
+    for name, n, dt in results:
+        print(f"| {name:<48} | {n:>10,} | {dt:>7.2f} | {n / dt:>10,.0f} | {n / dt / base:>5.2f} |")
+
+
+if __name__ == "__main__":
+    main()
