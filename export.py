@@ -602,23 +602,25 @@ def model_card(model, train_config=None, checkpoint_info=None, tokenizer_path=No
     if trained_here:
         g = lambda k, d=None: c.get(k, d)  # noqa: E731
         bs, acc = g("batch_size"), g("gradient_accumulation_steps", 1)
-        world = g("world_size", 1) or 1
         seq = g("max_seq_len", p.max_seq_len)
         lines += ["### Training Hyperparameters", ""]
+        # train.py's gradient_accumulation_steps counts micro-batches over all processes together
         rows = [("Batch Size", f"{bs} (micro-batch)" if bs is not None else None),
-                ("Gradient Accumulation Steps", acc),
-                ("Effective Batch Size", bs * acc * world if bs is not None else None),
+                ("Gradient Accumulation Steps", f"{acc} (over all processes)"),
+                ("Effective Batch Size", bs * acc if bs is not None else None),
                 ("Learning Rate", f"{g('learning_rate')} (max)" if g("learning_rate") is not None else None),
                 ("Minimum Learning Rate", g("min_lr")),
                 ("Learning Rate Schedule", ("Cosine decay with warmup" if g("decay_lr", True) else "constant")
                  if g("learning_rate") is not None else None),
                 ("Warmup Iterations", g("warmup_iters")), ("Total Training Iterations", g("max_iters")),
+                ("Time Budget", f"{g('max_minutes')} minutes" if g("max_minutes") else None),
                 ("Weight Decay", g("weight_decay")), ("Beta1", g("beta1")), ("Beta2", g("beta2")),
-                ("Gradient Clipping", g("grad_clip")), ("Optimizer", "AdamW"), ("Precision", g("dtype"))]
+                ("Gradient Clipping", g("grad_clip")), ("Optimizer", "AdamW"), ("Precision", g("dtype")),
+                ("Seed", g("seed"))]
         lines += [f"- **{k}:** {v}" for k, v in rows if v is not None]
         if bs is not None:
-            lines += ["", f"**Tokens per Iteration:** {bs * acc * world * seq:,} "
-                          f"({acc} grad accum × {world} process{'es' if world > 1 else ''} × {bs} batch × {seq} seq len)"]
+            lines += ["", f"**Tokens per Iteration:** {bs * acc * seq:,} "
+                          f"({acc} micro-batches × {bs} sequences × {seq} tokens)"]
         info = checkpoint_info or {}
         if info.get("iter_num") is not None:
             lines += ["", f"**Iterations trained:** {info['iter_num']:,}  "]

@@ -268,6 +268,16 @@ class Transformer(nn.Module):
         one of stop_ids; the stop token is kept, and a finished row repeats it after that.
         When the context fills up (max_seq_len), the cache is rebuilt from the last half of the
         sequence and generation continues (a sliding window in steps of max_seq_len / 2)."""
+        if max_new_tokens <= 0:
+            return idx
+        was_training = self.training
+        self.eval()  # no dropout while generating
+        try:
+            return self._generate(idx, max_new_tokens, temperature, top_k, top_p, stop_ids, generator)
+        finally:
+            self.train(was_training)
+
+    def _generate(self, idx, max_new_tokens, temperature, top_k, top_p, stop_ids, generator):
         p = self.params
         stop = torch.tensor(sorted(set(stop_ids or [])), device=idx.device, dtype=idx.dtype)
         B = idx.size(0)
