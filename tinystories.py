@@ -127,21 +127,28 @@ def find_inputs(data_dir=None, files=None):
     return paths
 
 
-def iter_txt(path):
-    """Stories of a .txt release: lines up to a line `<|endoftext|>`; streamed, stripped."""
-    lines = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip() == EOT:
-                story = "".join(lines).strip()
-                if story:
-                    yield story
-                lines = []
-            else:
+def iter_txt(path, with_bytes=False):
+    """Stories of a .txt release: lines up to a line `<|endoftext|>`; streamed, stripped.
+    with_bytes: yield (story, bytes of the file consumed since the previous story) instead."""
+    lines, used = [], 0
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f):
+            used += len(raw)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: line {n + 1} is not UTF-8 ({e.reason})") from None
+            if line.strip() != EOT:
                 lines.append(line)
+                continue
+            story = "".join(lines).strip()
+            if story:
+                yield (story, used) if with_bytes else story
+                used = 0
+            lines = []
     story = "".join(lines).strip()  # a last story without its separator line
     if story:
-        yield story
+        yield (story, used) if with_bytes else story
 
 
 def iter_json_examples(path):
@@ -164,15 +171,17 @@ def iter_json_examples(path):
                "summary": ex.get("summary", ""), "source": ex.get("source", "")}
 
 
-def iter_stories(paths):
-    """Every non-empty stripped story of every file, in order."""
+def iter_stories(paths, with_bytes=False):
+    """Every non-empty stripped story of every file, in order. with_bytes: yield (story, share of
+    the file's bytes) pairs instead, for progress bars (the shares of a file add up to its size)."""
     for p in paths:
-        if p.suffix == ".json":
-            for ex in iter_json_examples(p):
-                if ex["story"]:
-                    yield ex["story"]
-        else:
-            yield from iter_txt(p)
+        if p.suffix != ".json":
+            yield from iter_txt(p, with_bytes)
+            continue
+        stories = [ex["story"] for ex in iter_json_examples(p) if ex["story"]]
+        size = p.stat().st_size
+        for i, s in enumerate(stories):
+            yield (s, size * (i + 1) // len(stories) - size * i // len(stories)) if with_bytes else s
 
 
 def is_val(story, val_frac):
@@ -410,8 +419,8 @@ def _blocks(stories, n):
 
 
 def _shards(paths, shard_stories):
-    """(shard index, iterator of story blocks) for consecutive groups of shard_stories stories."""
-    it = iter_stories(paths)
+    """(shard index, [(story, file bytes)]) for consecutive groups of shard_stories stories."""
+    it = iter_stories(paths, with_bytes=True)
     i = 0
     while True:
         group = []
@@ -481,8 +490,10 @@ def pretokenize(paths, tokenizer_path=None, out_dir=None, val_frac=0.02, shard_s
     workers = workers or os.cpu_count()
     pool = get_context("fork" if sys.platform == "linux" else "spawn").Pool(
         workers, initializer=_init_worker, initargs=(str(tok.model_path),))
-    bar = tqdm(unit="tok", unit_scale=True, disable=not progress, smoothing=0.1,
-               desc=f"pretokenize -> {out_dir}")
+    # the bar counts input bytes (for an ETA); tokens/s goes alongside
+    bar = tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True,
+               disable=not progress, smoothing=0.1, desc=f"pretokenize -> {out_dir}")
+    bar.n_tokens, bar.t0 = 0, time.time()
     names = {"train": [], "val": []}
     n_skipped = 0
     try:
@@ -492,17 +503,19 @@ def pretokenize(paths, tokenizer_path=None, out_dir=None, val_frac=0.02, shard_s
                 names[k].append(p.name)
             if all(shard_done(p, vocab, sha) for p in targets.values()):
                 n_skipped += 1
+                bar.update(sum(nb for _, nb in group))
                 continue
             writers = {k: ShardWriter(p, vocab, sha) for k, p in targets.items()}
             # ordered results, at most 2 blocks in flight per worker: bounded memory
             pending = []
-            blocks = _blocks(group, block_stories)
-            for block in blocks:
-                pending.append(pool.apply_async(_encode_block, (block, val_frac, dtype)))
+            for block in _blocks(group, block_stories):
+                stories = [s for s, _ in block]
+                job = pool.apply_async(_encode_block, (stories, val_frac, dtype))
+                pending.append((job, sum(nb for _, nb in block)))
                 if len(pending) >= 2 * workers:
-                    _drain(pending.pop(0), writers, bar)
+                    _drain(*pending.pop(0), writers, bar)
             while pending:
-                _drain(pending.pop(0), writers, bar)
+                _drain(*pending.pop(0), writers, bar)
             for w in writers.values():
                 w.close()
         pool.close()
@@ -526,12 +539,13 @@ def pretokenize(paths, tokenizer_path=None, out_dir=None, val_frac=0.02, shard_s
     return out_dir
 
 
-def _drain(result, writers, bar):
-    ids, stats = result.get()
+def _drain(job, n_file_bytes, writers, bar):
+    ids, stats = job.get()
     for k, w in writers.items():
         w.write(ids[k], *stats[k])
-    n = len(ids["train"]) + len(ids["val"])
-    bar.update(n)
+    bar.n_tokens += len(ids["train"]) + len(ids["val"])
+    bar.set_postfix_str(f"{bar.n_tokens / max(time.time() - bar.t0, 1e-9):,.0f} tok/s", refresh=False)
+    bar.update(n_file_bytes)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -67,6 +67,17 @@ def test_find_inputs_and_stories(corpus, monkeypatch):
     assert list(ts.iter_stories(ts.find_inputs())) == stories
     with pytest.raises(FileNotFoundError, match="nope"):
         ts.find_inputs(d / "nope")
+    # progress shares: the stories of each file account for all of its bytes
+    pairs = list(ts.iter_stories(ts.find_inputs(d), with_bytes=True))
+    assert [s for s, _ in pairs] == stories
+    assert sum(n for _, n in pairs) == sum(p.stat().st_size for p in ts.find_inputs(d))
+
+
+def test_txt_not_utf8_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.txt"
+    p.write_bytes(b"fine\n<|endoftext|>\nbad \xff byte\n")
+    with pytest.raises(ValueError, match="bad.txt: line 3"):
+        list(ts.iter_txt(p))
 
 
 def test_bad_json_names_the_file(tmp_path):
