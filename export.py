@@ -423,17 +423,19 @@ def _tokenizer_files(tokenizer_path, vocab_size, seq_len):
     return special, config
 
 
-def export_hf(model, out_dir, tokenizer_path=None, train_config=None, checkpoint_info=None):
+def export_hf(model, out_dir, tokenizer_path=None, train_config=None, checkpoint_info=None,
+              default_tokenizer=True):
     """Write a Hugging Face LlamaForCausalLM folder (built in out_dir.tmp, then renamed into place).
 
     tokenizer_path: a sentencepiece .model whose vocabulary matches the model; None uses the project's
-    tokenizer.model when it matches and otherwise writes no tokenizer files (with a warning).
+    tokenizer.model when it matches (and default_tokenizer is true) and otherwise writes no tokenizer
+    files (with a warning).
     train_config / checkpoint_info: train.py's `config` dict and e.g. {iter_num, best_val_loss}, for
     the model card."""
     from safetensors.torch import save_file
     out_dir = Path(out_dir)
     p = model.params
-    if tokenizer_path is None and DEFAULT_TOKENIZER.is_file():
+    if tokenizer_path is None and default_tokenizer and DEFAULT_TOKENIZER.is_file():
         try:
             tok = _tokenizer_files(DEFAULT_TOKENIZER, p.vocab_size, p.max_seq_len)
             tokenizer_path = DEFAULT_TOKENIZER
@@ -666,6 +668,14 @@ def model_card(model, train_config=None, checkpoint_info=None, tokenizer_path=No
 # ---------------------------------------------------------------------------------------------
 # CLI
 
+def _find_tokenizer(recorded):
+    """The recorded tokenizer path, or the project's tokenizer.model, whichever has the recorded sha256."""
+    for cand in (recorded.get("path"), DEFAULT_TOKENIZER):
+        if cand and Path(cand).is_file() and hashlib.sha256(Path(cand).read_bytes()).hexdigest() == recorded["sha256"]:
+            return str(cand)
+    return None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Convert between train.py checkpoints, llama2.c .bin files "
                                              "(versions 0, 1, 2) and Hugging Face Llama folders.")
@@ -691,17 +701,20 @@ def main(argv=None):
         else:
             model = load_hf(a.from_hf)
         if a.hf:
-            tok = a.tokenizer
+            tok, use_default = a.tokenizer, True
             recorded = ckpt.get("tokenizer") or {}
-            if tok is None and recorded.get("path") and Path(recorded["path"]).is_file():
-                # the tokenizer the model was trained with, if that file is still the same
-                digest = hashlib.sha256(Path(recorded["path"]).read_bytes()).hexdigest()
-                if digest == recorded.get("sha256", digest):
-                    tok = recorded["path"]
+            if tok is None and recorded.get("sha256"):
+                # ship only the very tokenizer the model was trained with: its recorded file, or the
+                # project's tokenizer.model if that is the same file
+                tok = _find_tokenizer(recorded)
+                use_default = False
+                if tok is None:
+                    print(f"warning: the checkpoint's tokenizer ({recorded.get('path')}, sha256 "
+                          f"{recorded['sha256'][:12]}...) was not found; pass --tokenizer", file=sys.stderr)
             info = {k: ckpt.get(k) for k in ("iter_num", "best_val_loss")}
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                out = export_hf(model, a.out, tok, ckpt.get("config"), info)
+                out = export_hf(model, a.out, tok, ckpt.get("config"), info, default_tokenizer=use_default)
             for w in caught:
                 print(f"warning: {w.message}", file=sys.stderr)
             print(f"wrote Hugging Face folder {out} ({model.num_params():,} parameters)")

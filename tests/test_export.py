@@ -267,21 +267,43 @@ def cli(*args, cwd):
                           capture_output=True, text=True, timeout=120)
 
 
-def test_cli_converts_and_reports_back_off(tmp_path):
+def test_cli_converts_and_reports_back_off(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     m = tiny(False, 2, 96)
     torch.save({"model": m.state_dict(), "model_args": m.params.__dict__, "config": {}}, tmp_path / "ckpt.pt")
-    r = cli("q.bin", "--checkpoint", "ckpt.pt", "--version", "2", "--group_size", "64", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "backed off to 32" in r.stdout
+    export.main(["q.bin", "--checkpoint", "ckpt.pt", "--version", "2", "--group_size", "64"])
+    assert "backed off to 32" in capsys.readouterr().out
     q = load_bin(tmp_path / "q.bin")
     assert q.params.n_kv_heads == 2 and not q.params.shared_classifier
+    export.main(["back.bin", "--bin", "q.bin", "--version", "1"])  # v2 -> v1
+    assert same_weights(load_bin("back.bin"), q)
+
+
+def test_cli_hf_ships_only_the_checkpoints_own_tokenizer(tmp_path, monkeypatch, capsys):
+    """A checkpoint records its tokenizer's sha256: a different file of the same size is never shipped."""
+    from tokenizer import Tokenizer
+    monkeypatch.chdir(tmp_path)
+    sp = Tokenizer(need(ROOT / "tokenizer.model"))
+    m = tiny(True, 4, None, vocab_size=sp.n_words)
+    ckpt = {"model": m.state_dict(), "model_args": m.params.__dict__, "config": {"batch_size": 4},
+            "tokenizer": sp.identity(), "iter_num": 3}
+    torch.save(ckpt, "ckpt.pt")
+    export.main(["hf", "--checkpoint", "ckpt.pt", "--hf"])
+    assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == sp.model_path.read_bytes()
+    ckpt["tokenizer"] = {**sp.identity(), "path": "gone/tok.model", "sha256": "0" * 64}
+    torch.save(ckpt, "ckpt.pt")
+    export.main(["hf", "--checkpoint", "ckpt.pt", "--hf"])
+    assert "was not found; pass --tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "hf" / "tokenizer.model").exists()
+    assert same_weights(load_hf("hf"), m)
 
 
 def test_cli_bad_input_is_one_line_and_exit_1(tmp_path):
     (tmp_path / "bad.bin").write_bytes(b"\x01\x02\x03" * 100)
-    for args in (["out.bin", "--bin", "bad.bin"], ["out.bin", "--bin", "missing.bin", "--version", "1"]):
-        r = cli(*args, cwd=tmp_path)
-        assert r.returncode == 1
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and args[2] in lines[0]
+    r = cli("out.bin", "--bin", "bad.bin", cwd=tmp_path)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: bad.bin: ")
+    with pytest.raises(SystemExit, match="^error: missing.bin: no such file$"):  # the same path in-process
+        export.main([str(tmp_path / "out.bin"), "--bin", "missing.bin", "--version", "1"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.bin"]  # no output, no .tmp
