@@ -495,7 +495,7 @@ def load_hf(path) -> Transformer:
     if cfg.get("model_type") != "llama":
         raise ValueError(f"{cfg_path}: model_type is {cfg.get('model_type')!r}, not 'llama'")
     theta = cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
-    scaling = cfg.get("rope_scaling") or {}
+    scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}  # older / newer transformers
     if float(theta) != 10000.0 or scaling.get("rope_type", scaling.get("type", "default")) != "default":
         raise ValueError(f"{cfg_path}: rope_theta={theta} / rope_scaling={scaling} not supported (llama2.c uses 10000, none)")
     if cfg.get("hidden_act", "silu") != "silu" or cfg.get("attention_bias") or cfg.get("mlp_bias"):

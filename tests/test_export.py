@@ -154,6 +154,22 @@ def test_hf_export_matches_transformers_and_round_trips(tmp_path, shared, n_kv, 
     assert back.params.shared_classifier == shared and same_weights(m, back)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_load_hf_reads_a_folder_saved_by_transformers(tmp_path, tied):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(3)
+    cfg = transformers.LlamaConfig(vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                                   num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=40,
+                                   rms_norm_eps=1e-5, tie_word_embeddings=tied)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    hf.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    ours = load_hf(tmp_path / "hf")
+    assert ours.params.n_kv_heads == 2 and ours.params.shared_classifier == tied
+    x = torch.randint(0, 101, (2, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (hf(x).logits - ours(x)[0]).abs().max() <= 1e-4
+
+
 def test_hf_folder_tokenizer_and_card(tmp_path):
     """With a real checkpoint-like source: tokenizer files load in transformers, the card has our numbers."""
     transformers = pytest.importorskip("transformers")
