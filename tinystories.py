@@ -77,12 +77,27 @@ def hub_reachable(timeout=5.0):
     return bool(ok)
 
 
+def unpack_json_shards(tar_path, dest):
+    """Write the data*.json members of the all_data tarball into dest, flat, each via a .tmp
+    (only those names are taken, so a hostile archive cannot write elsewhere)."""
+    import shutil
+    import tarfile
+    from tqdm import tqdm
+    with tarfile.open(tar_path) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and
+                   Path(m.name).name.startswith("data") and m.name.endswith(".json")]
+        for m in tqdm(members, desc=f"unpacking {Path(tar_path).name}", unit="shard"):
+            out = Path(dest) / Path(m.name).name
+            with tar.extractfile(m) as src, open(out.with_name(out.name + ".tmp"), "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            os.replace(out.with_name(out.name + ".tmp"), out)
+
+
 def download(what="all_data", data_dir=DATA_DIR):
     """Fetch TinyStories from the hub into data_dir/<folder> (hf_hub_download resumes partial
     files and shows a progress bar), and unpack the all_data tarball. Returns the folder."""
     if not hub_reachable():
         raise ConnectionError(OFFLINE_HELP)
-    import tarfile
     from huggingface_hub import hf_hub_download
     files, folder = DOWNLOADS[what]
     dest = Path(data_dir) / folder
@@ -90,14 +105,7 @@ def download(what="all_data", data_dir=DATA_DIR):
     for name in files:
         path = Path(hf_hub_download(HF_REPO, name, repo_type="dataset", local_dir=dest))
         if name.endswith(".tar.gz") and not (dest / "data49.json").is_file():
-            print(f"unpacking {path} ...")
-            tmp = dest / "unpack.tmp"
-            with tarfile.open(path) as tar:
-                tar.extractall(tmp, filter="data")
-            for p in tmp.rglob("data*.json"):
-                os.replace(p, dest / p.name)
-            import shutil
-            shutil.rmtree(tmp)
+            unpack_json_shards(path, dest)
     print(f"TinyStories ({what}) is in {dest}")
     return dest
 

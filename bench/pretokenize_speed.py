@@ -2,7 +2,7 @@
 Pretokenization speed: `tinystories.pretokenize` (every core, chunk cache, shards written) against a
 single-process sentencepiece loop over the same stories (llama2.c's way: encode story by story,
 collect the ids, write them), on the shared TinyStories text repeated --repeat times. Each row is the
-best of --trials runs, measured side by side in this one run; the ratio is against the loop.
+best of --trials runs, the rows taking turns in this one run; the ratio is against the loop.
 
     python bench/pretokenize_speed.py                  # ../shared/data/tinystories, x4
     python bench/pretokenize_speed.py --repeat 8 --tokenizer ../shared/tokenizers/llama2/tokenizer.model
@@ -48,13 +48,15 @@ def ours(paths, model, out, workers):
     return meta["train"]["n_tokens"] + meta["val"]["n_tokens"]
 
 
-def best_time(fn, trials):
-    times, n = [], 0
+def best_times(rows, trials):
+    """Best wall time of each row over trials, the rows taking turns (so load changes hit all)."""
+    best = {name: (0, float("inf")) for name, _ in rows}
     for _ in range(trials):
-        t = time.perf_counter()
-        n = fn()
-        times.append(time.perf_counter() - t)
-    return n, min(times)
+        for name, fn in rows:
+            t = time.perf_counter()
+            n = fn()
+            best[name] = (n, min(best[name][1], time.perf_counter() - t))
+    return [(name, *best[name]) for name, _ in rows]
 
 
 def main():
@@ -82,7 +84,7 @@ def main():
             ("pretokenize, 1 worker", lambda: ours(paths, args.tokenizer, tmp / "one", 1)),
             (f"pretokenize, {cores} workers (default)", lambda: ours(paths, args.tokenizer, tmp / "all", None)),
         ]
-        results = [(name, *best_time(fn, args.trials)) for name, fn in rows]
+        results = best_times(rows, args.trials)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{len(stories) * args.repeat:,} stories ({args.repeat} x {len(stories):,}), tokenizer "

@@ -409,3 +409,21 @@ def test_cli_pretokenize(tmp_path, corpus):
     assert r.returncode == 0, r.stderr
     meta = ts.load_meta(tmp_path / "o")
     assert meta["splits"]["train"]["n_stories"] + meta["splits"]["val"]["n_stories"] == 400
+
+
+def test_unpack_all_data_tarball(corpus, tmp_path):
+    """The tarball step of `download`, offline: data*.json members land flat in the folder,
+    other members (a path escaping the folder included) are ignored, and the result reads."""
+    import tarfile
+    d, stories = corpus
+    tar_path = tmp_path / "TinyStories_all_data.tar.gz"
+    (tmp_path / "evil.json").write_text("[]")
+    with tarfile.open(tar_path, "w:gz") as tar:
+        tar.add(d / "data00.json", arcname="TinyStories_all_data/data00.json")
+        tar.add(d / "data01.json", arcname="data01.json")
+        tar.add(tmp_path / "evil.json", arcname="../evil.json")
+    dest = tmp_path / "out"
+    dest.mkdir()
+    ts.unpack_json_shards(tar_path, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["data00.json", "data01.json"]
+    assert list(ts.iter_stories(ts.find_inputs(dest))) == stories[:160]
