@@ -29,6 +29,7 @@ import os
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
@@ -117,6 +118,11 @@ def _stops(stop):
     if any(s == "" for s in stop):
         raise ArgumentError("stop strings must not be empty")
     return tuple(stop)
+
+
+def _first_stop(text, stops):
+    """Index of the earliest stop string in text, or -1."""
+    return min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
 
 
 def _seed(seed):
@@ -211,8 +217,11 @@ class Model:
         self.close()
 
     def __del__(self):
-        if getattr(self, "_m", None) is not None:
-            self.close()
+        try:
+            if getattr(self, "_m", None) is not None:
+                self.close()
+        except Exception:  # at interpreter exit the module may be half torn down
+            pass
 
     @property
     def closed(self):
@@ -404,10 +413,10 @@ class Model:
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop string
         pending = ""
-        for _, piece in self._tokens(ids, max_new_tokens, temperature, top_p, top_k, seed):
-            pending += utf8.decode(piece)
-            if stops:
-                cut = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
+        with closing(self._tokens(ids, max_new_tokens, temperature, top_p, top_k, seed)) as tokens:
+            for _, piece in tokens:
+                pending += utf8.decode(piece)
+                cut = _first_stop(pending, stops)
                 if cut >= 0:
                     if cut:
                         yield pending[:cut]
@@ -415,10 +424,9 @@ class Model:
                 if len(pending) > hold:
                     yield pending[:len(pending) - hold]
                     pending = pending[len(pending) - hold:]
-            elif pending:
-                yield pending
-                pending = ""
         pending += utf8.decode(b"", final=True)
+        cut = _first_stop(pending, stops)
+        pending = pending[:cut] if cut >= 0 else pending
         if pending:
             yield pending
 
