@@ -151,7 +151,7 @@ def read_config_file(path):
             d = json.loads(p.read_text(encoding="utf-8"))
         elif p.suffix == ".py":
             d = {}
-            exec(compile(p.read_text(encoding="utf-8"), str(p), "exec"), {}, d)
+            exec(p.read_text(encoding="utf-8"), {}, d)
             d = {k: v for k, v in d.items() if not k.startswith("_")}
         else:
             raise ConfigError(f"{p}: config file must be .json or .py")
