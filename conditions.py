@@ -277,6 +277,14 @@ def read_instruct(source=INSTRUCT_HUB, split="train"):
     yield from parse_instruct_lines(instruct_lines(source, split))
 
 
+def _need_hub(what):
+    """Fail at once, in one line, when the hub cannot be reached (instead of minutes of retries)."""
+    from tinystories import hub_reachable
+    if not hub_reachable():
+        raise ConnectionError(f"{what} needs the Hugging Face hub, which cannot be reached "
+                              f"(offline, or HF_HUB_OFFLINE is set)")
+
+
 def read_examples(source, split="train"):
     """Examples of any labelled source, told apart by its name: a .txt (Instruct text), data*.json
     or a directory of them (all_data), .parquet or a directory of them (TinyStories-GPT4), or the
@@ -296,9 +304,10 @@ def read_examples(source, split="train"):
         if p.suffix not in kinds:
             raise ValueError(f"{p}: unknown kind of file (expected .txt, .json or .parquet)")
         return kinds[p.suffix]()
-    if str(source) == INSTRUCT_HUB:
-        return read_instruct(source, split)
-    if str(source) == GPT4_HUB:
+    if str(source) in (INSTRUCT_HUB, GPT4_HUB):
+        _need_hub(f"reading {source}")
+        if str(source) == INSTRUCT_HUB:
+            return read_instruct(source, split)
         return read_gpt4(gpt4_rows(source, split))
     raise FileNotFoundError(f"{source}: no such file or directory, and not one of the hub data "
                             f"sets {INSTRUCT_HUB}, {GPT4_HUB}")
@@ -384,8 +393,8 @@ def build_instruct(source, out, split="train", test_size=0.1, seed=1337, balance
                    max_examples=None, push_to_hub=None):
     """Parse `source` into the curated DatasetDict (train/test), save it to `out` atomically (a
     temporary directory renamed into place, with README.md), and push it when asked."""
-    import datasets
     read_examples(source, split)  # a bad source fails here, before `datasets` wraps the error
+    import datasets
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -426,6 +435,7 @@ def push(dd, repo, card):
     if not get_token():
         raise RuntimeError("--push_to_hub needs a Hugging Face token (set HF_TOKEN or run "
                            "`hf auth login`)")
+    _need_hub(f"--push_to_hub {repo}")
     dd.push_to_hub(repo, max_shard_size="500MB")
     DatasetCard(card).push_to_hub(repo, repo_type="dataset")
     print(f"pushed to https://huggingface.co/datasets/{repo}")

@@ -189,6 +189,16 @@ def test_build_instruct_cli_errors(tmp_path):
              "--push_to_hub", "someone/tinystories-instruct", env=env)
     assert r.returncode == 1 and "needs a Hugging Face token" in r.stderr.strip().splitlines()[-1]
     assert (tmp_path / "o" / "dataset_dict.json").is_file()
+    env["HF_TOKEN"] = "hf_not_a_real_token"
+    r = _cli("build_instruct", "--source", str(INSTRUCT), "--out", str(tmp_path / "o"),
+             "--push_to_hub", "someone/tinystories-instruct", env=env)
+    assert r.returncode == 1 and "cannot be reached" in r.stderr.strip().splitlines()[-1]
+    # the hub sources, offline: one line at once, not minutes of retries
+    for hub in (c.INSTRUCT_HUB, c.GPT4_HUB):
+        r = _cli("build_instruct", "--source", hub, "--out", str(tmp_path / "h"), env=env)
+        assert r.returncode == 1 and r.stderr.strip().count("\n") == 0
+        assert r.stderr.startswith(f"error: reading {hub} needs the Hugging Face hub")
+    assert not (tmp_path / "h").exists()
 
 
 # ---- masked training examples -----------------------------------------------------------------
