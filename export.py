@@ -28,7 +28,7 @@ import shutil
 import struct
 import sys
 import warnings
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -317,11 +317,11 @@ def read_checkpoint(path):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        # train.py's checkpoints hold RNG states and a config dict next to the tensors, so this is a
-        # full unpickle: only load checkpoints you trust.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain containers only, no arbitrary code from a pickle
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds here (pickle, zip, EOF)
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from None
+        msg = f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})"
+        raise ValueError(msg.splitlines()[0]) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise ValueError(f"{path}: not a train.py checkpoint (needs 'model' and 'model_args')")
     known = {f.name for f in fields(ModelArgs)}
@@ -497,7 +497,8 @@ def load_hf(path) -> Transformer:
     theta = cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
     scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}  # older / newer transformers
     if float(theta) != 10000.0 or scaling.get("rope_type", scaling.get("type", "default")) != "default":
-        raise ValueError(f"{cfg_path}: rope_theta={theta} / rope_scaling={scaling} not supported (llama2.c uses 10000, none)")
+        raise ValueError(f"{cfg_path}: rope_theta={theta} / rope_scaling={scaling} not supported "
+                         "(llama2.c uses 10000 and no scaling)")
     if cfg.get("hidden_act", "silu") != "silu" or cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise ValueError(f"{cfg_path}: only silu activations without biases are supported")
     n_heads = cfg["num_attention_heads"]
