@@ -15,7 +15,9 @@ ending, anything else a happy one.
 
 The prompt (`build_prompt`) is one small rule that run.c, the bindings and PyTorch generation must
 all follow to the byte:
-  1. a topic comes with an ending, "happy" or "sad"; the topic's whitespace runs become one space;
+  1. a topic comes with an ending, "happy" or "sad"; in the topic every run of ASCII whitespace
+     (space, \\t \\n \\r \\v \\f) becomes one space, and the ends are trimmed; it must then be
+     1 to 500 characters (Unicode code points);
   2. tags are some of the six features, in any case, kept once each, in the order of FEATURES;
      BadEnding may not be a tag when an ending is given (the ending line already says it);
   3. lines: "Write a story about: {topic}", "With: {ending} ending" (when a topic is given), then
@@ -35,8 +37,8 @@ What it does not do: pretokenize shards (tinystories.py), train (train.py), gene
 babyllama, model.py), or judge obedience (evaluate.py).
 """
 import argparse
-import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -53,6 +55,7 @@ MAX_TOPIC_CHARS = 500
 IGNORE_INDEX = -100  # torch's cross_entropy default ignore_index; model.py uses the same
 
 _CANON = {f.lower(): f for f in FEATURES}
+_WS = re.compile(r"[ \t\n\r\v\f]+")  # ASCII whitespace only: C's isspace() agrees
 
 # ----------------------------------------------------------------------------------------------
 # Prompts
@@ -73,7 +76,7 @@ def build_prompt(topic=None, ending=None, tags=None):
     """The text the model continues with a story (rules in the module docstring)."""
     lines = []
     if topic is not None:
-        topic = " ".join(str(topic).split())
+        topic = _WS.sub(" ", str(topic)).strip(" ")
         if not topic:
             raise ValueError("topic is empty")
         if len(topic) > MAX_TOPIC_CHARS:
@@ -125,34 +128,41 @@ def format_example(ex, fmt):
 # Masked training examples
 
 
-def masked_example(tokenizer, prompt, story, seq_len=None, pad_id=0):
-    """(inputs, targets) lists for next-token training where only the story is learned.
-
-    ids = BOS, prompt tokens, story tokens, BOS (the story separator: run.c stops when BOS comes
-    next, so the model learns to end). inputs = ids[:-1], targets = ids[1:], with -100 wherever
-    the target is a prompt token. The prompt is encoded on its own, as at generation time; the
-    story tokens are those that follow it in the encoding of prompt + story. With seq_len the
-    pair is cut or padded (inputs pad_id, targets -100) to exactly seq_len: padding sits after the
-    story, so causal attention keeps it from changing any counted position.
-    `tokenizer` is anything with encode(text, bos, eos): tokenizer.Tokenizer or babyllama.Model.
-    """
+def encode_example(tokenizer, prompt, story):
+    """(prompt ids with BOS first, story ids). The prompt is encoded on its own, as at generation
+    time; the story ids are those that follow it in the encoding of prompt + story, so the story
+    starts exactly as the model would continue the prompt. `tokenizer`: anything with
+    encode(text, bos, eos), e.g. tokenizer.Tokenizer or babyllama.Model."""
     bos = getattr(tokenizer, "bos_id", 1)
-    p = tokenizer.encode(prompt, bos=True, eos=False)
-    if not prompt:
-        p = [bos]
+    p = tokenizer.encode(prompt, bos=True, eos=False) if prompt else [bos]
     full = tokenizer.encode(prompt + story, bos=True, eos=False)
     if full[:len(p)] == p:
-        s = full[len(p):]
-    else:  # a merge across the boundary (never seen with a prompt ending in "\n"): encode apart
-        s = tokenizer.encode(story, bos=False, eos=False)
-    ids = p + s + [bos]
-    x, y = ids[:-1], ids[1:]
-    y = [IGNORE_INDEX] * (len(p) - 1) + y[len(p) - 1:]
+        return p, full[len(p):]
+    return p, tokenizer.encode(story, bos=False, eos=False)  # a merge across the boundary
+
+
+def masked_pair(prompt_ids, story_ids, bos=1, seq_len=None, pad_id=0):
+    """(inputs, targets) lists for next-token training where only the story is learned.
+
+    ids = prompt ids (BOS first), story ids, BOS (the story separator: run.c stops when BOS comes
+    next, so the model learns to end). inputs = ids[:-1], targets = ids[1:] with -100 wherever the
+    target is a prompt token. With seq_len the pair is cut or padded (inputs pad_id, targets -100)
+    to exactly seq_len; padding sits after the story, so causal attention keeps it from changing
+    any counted position."""
+    ids = list(prompt_ids) + list(story_ids) + [bos]
+    n = len(prompt_ids)
+    x, y = ids[:-1], [IGNORE_INDEX] * (n - 1) + ids[n:]
     if seq_len is not None:
         x, y = x[:seq_len], y[:seq_len]
-        n = seq_len - len(x)
-        x, y = x + [pad_id] * n, y + [IGNORE_INDEX] * n
+        pad = seq_len - len(x)
+        x, y = x + [pad_id] * pad, y + [IGNORE_INDEX] * pad
     return x, y
+
+
+def masked_example(tokenizer, prompt, story, seq_len=None, pad_id=0):
+    """masked_pair of encode_example: (inputs, targets) of one (prompt, story)."""
+    p, s = encode_example(tokenizer, prompt, story)
+    return masked_pair(p, s, getattr(tokenizer, "bos_id", 1), seq_len, pad_id)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,10 +399,19 @@ Licence: CDLA-Sharing-1.0, as the TinyStories data sets (Eldan & Li, 2023).
 """
 
 
-def build_instruct(source, out, split="train", test_size=0.1, seed=1337, balance=False,
-                   max_examples=None, push_to_hub=None):
-    """Parse `source` into the curated DatasetDict (train/test), save it to `out` atomically (a
-    temporary directory renamed into place, with README.md), and push it when asked."""
+def split_two(ds, size, seed):
+    """Seeded split into train/test, stratified by ending when both endings allow it."""
+    try:  # keep the happy/sad ratio the same in both parts when there are enough of each
+        return ds.train_test_split(test_size=size, seed=seed, stratify_by_column="ending")
+    except ValueError:
+        return ds.train_test_split(test_size=size, seed=seed)
+
+
+def build_instruct(source, out, split="train", test_size=0.1, val_size=0.05, seed=1337,
+                   balance=False, max_examples=None, push_to_hub=None):
+    """Parse `source` into the curated DatasetDict, save it to `out` atomically (a temporary
+    directory renamed into place, with README.md), and push it when asked. Splits: train,
+    validation (val_size of all; none when 0) and test (test_size of all): seed 002's 85/5/10."""
     read_examples(source, split)  # a bad source fails here, before `datasets` wraps the error
     import datasets
     out = Path(out)
@@ -405,12 +424,13 @@ def build_instruct(source, out, split="train", test_size=0.1, seed=1337, balance
             instruct_rows, features=instruct_features(), cache_dir=str(tmp / "cache"),
             gen_kwargs={"source": str(source), "split": split, "balance": balance,
                         "max_examples": max_examples})
-        if len(ds) < 2:
-            raise ValueError(f"{source}: only {len(ds)} complete example(s); need at least 2")
-        try:  # keep the happy/sad ratio the same in both splits when there are enough of each
-            dd = ds.train_test_split(test_size=test_size, seed=seed, stratify_by_column="ending")
-        except ValueError:
-            dd = ds.train_test_split(test_size=test_size, seed=seed)
+        need = 3 if val_size else 2
+        if len(ds) < need:
+            raise ValueError(f"{source}: only {len(ds)} complete example(s); need at least {need}")
+        dd = split_two(ds, test_size, seed)
+        if val_size:
+            tv = split_two(dd["train"], val_size / (1 - test_size), seed)
+            dd = datasets.DatasetDict(train=tv["train"], validation=tv["test"], test=dd["test"])
         dd.save_to_disk(str(tmp / "data"))
         card = dataset_card(source, dd, balance)
         (tmp / "data" / "README.md").write_text(card, encoding="utf-8")
@@ -456,6 +476,8 @@ def main(argv=None):
     p.add_argument("--split", default="train", help="split of a hub source (default train)")
     p.add_argument("--out", default="data/instruct", help="output directory (save_to_disk)")
     p.add_argument("--test_size", type=float, default=0.1, help="fraction held out as `test`")
+    p.add_argument("--val_size", type=float, default=0.05,
+                   help="fraction held out as `validation` (0: no validation split)")
     p.add_argument("--seed", type=int, default=1337, help="seed of the train/test split")
     p.add_argument("--balance", action="store_true", help="as many happy as sad endings")
     p.add_argument("--max_examples", type=int, default=None, help="stop after this many")
@@ -464,11 +486,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if not 0 < args.test_size < 1:
         sys.exit(f"error: --test_size must be between 0 and 1, got {args.test_size}")
+    if not 0 <= args.val_size < 1 - args.test_size:
+        sys.exit(f"error: --val_size must be within [0, 1 - test_size), got {args.val_size}")
     if args.max_examples is not None and args.max_examples < 2:
         sys.exit(f"error: --max_examples must be at least 2, got {args.max_examples}")
     try:
-        build_instruct(args.source, args.out, args.split, args.test_size, args.seed,
-                       args.balance, args.max_examples, args.push_to_hub)
+        build_instruct(args.source, args.out, args.split, args.test_size, args.val_size,
+                       args.seed, args.balance, args.max_examples, args.push_to_hub)
     except Exception as e:  # one line naming what failed (hub and arrow errors have many types)
         while e.__cause__ is not None:  # `datasets` wraps errors raised in the generator
             e = e.__cause__

@@ -112,6 +112,10 @@ def test_prompt_rule_tags_and_errors():
     assert c.build_prompt(" a  red\nkite ", "happy", ["MoralValue", "conflict"]) == (
         "Write a story about: a red kite\nWith: happy ending\n"
         "Features: Conflict, MoralValue\n\n### Story:\n")
+    # only ASCII whitespace is collapsed (C's isspace agrees); other characters stay as they are
+    assert c.build_prompt("\t a\u00a0cat\r\n\v\fé ", "sad").startswith(
+        "Write a story about: a\u00a0cat é\nWith: sad ending\n")
+    assert c.build_prompt("é" * 500, "sad")  # 500 code points is the limit, not 500 bytes
     for kwargs, msg in [({"tags": ["Sadness"]}, "unknown tag"), ({"topic": "  "}, "topic is empty"),
                         ({"topic": "x", "ending": "ok"}, "ending must be"),
                         ({"ending": "sad"}, "needs a topic"),
@@ -144,12 +148,12 @@ def test_balanced_stream():
 def test_build_instruct_schema_splits(tmp_path):
     from datasets import ClassLabel, Value
     out = tmp_path / "instruct"
-    dd = c.build_instruct(INSTRUCT, out, test_size=0.25, seed=7)
-    assert set(dd) == {"train", "test"} and (len(dd["train"]), len(dd["test"])) == (3, 1)
+    dd = c.build_instruct(INSTRUCT, out, test_size=0.25, val_size=0.25, seed=7)
+    assert [(k, len(v)) for k, v in dd.items()] == [("train", 2), ("validation", 1), ("test", 1)]
     f = dd["train"].features
     assert f["instruction"] == Value("string") and f["response"] == Value("string")
     assert isinstance(f["ending"], ClassLabel) and f["ending"].names == ["happy", "sad"]
-    rows = list(dd["train"]) + list(dd["test"])
+    rows = [r for split in dd.values() for r in split]
     parsed = {ex["story"]: ex for ex in c.read_instruct(INSTRUCT)}
     assert sorted(r["response"] for r in rows) == sorted(parsed)
     for r in rows:
@@ -157,11 +161,13 @@ def test_build_instruct_schema_splits(tmp_path):
         assert r["instruction"] + r["response"] == c.instruction_example(
             ex["summary"], ex["ending"], ex["story"])
         assert r["ending"] == c.ENDINGS.index(ex["ending"])
-    assert "| train | 3 |" in (out / "README.md").read_text()
+    assert "| validation | 1 |" in (out / "README.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["instruct"]  # no .tmp / .old left
-    again = c.build_instruct(INSTRUCT, out, test_size=0.25, seed=7)  # replaces, same split
-    assert list(again["test"]) == list(dd["test"])
-    bal = c.build_instruct(FIX / "all_data", tmp_path / "bal", test_size=0.5, balance=True)
+    again = c.build_instruct(INSTRUCT, out, test_size=0.25, val_size=0.25, seed=7)  # replaces
+    assert {k: list(v) for k, v in again.items()} == {k: list(v) for k, v in dd.items()}
+    bal = c.build_instruct(FIX / "all_data", tmp_path / "bal", test_size=0.5, val_size=0,
+                           balance=True)
+    assert set(bal) == {"train", "test"}
     endings = [e for s in bal.values() for e in s["ending"]]
     assert sorted(endings) == [0, 1]  # hat (sad) and paint (happy); cookie dropped
 
@@ -182,6 +188,8 @@ def test_build_instruct_cli_errors(tmp_path):
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.tmp").exists()
     r = _cli("build_instruct", "--source", str(INSTRUCT), "--test_size", "1.5")
     assert r.returncode == 1 and "--test_size" in r.stderr
+    r = _cli("build_instruct", "--source", str(INSTRUCT), "--val_size", "0.95")
+    assert r.returncode == 1 and "--val_size" in r.stderr
     # --push_to_hub without a token: one line, exit 1, after the local copy is saved
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
@@ -213,6 +221,15 @@ def _tokenizers():
     if not out:
         need(ROOT / "tokenizer.model")  # skips, naming the file
     return out
+
+
+def test_masked_pair_layout():
+    x, y = c.masked_pair([1, 10, 11, 12], [20, 21], bos=1)
+    assert x == [1, 10, 11, 12, 20, 21] and y == [-100, -100, -100, 20, 21, 1]
+    x, y = c.masked_pair([1, 10], [20, 21, 22], bos=1, seq_len=7, pad_id=0)
+    assert x == [1, 10, 20, 21, 22, 0, 0] and y == [-100, 20, 21, 22, 1, -100, -100]
+    x, y = c.masked_pair([1], [20, 21, 22], bos=1, seq_len=2)  # plain story, cut
+    assert x == [1, 20] and y == [20, 21]
 
 
 def test_masked_example_targets():
