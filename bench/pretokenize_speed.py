@@ -11,6 +11,7 @@ What it does not do: measure download or the reading of all_data JSON shards.
 """
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -48,14 +49,23 @@ def ours(paths, model, out, workers):
     return meta["train"]["n_tokens"] + meta["val"]["n_tokens"]
 
 
+def cpu_seconds():
+    """CPU time of this process (all its threads) and of its finished child processes."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def best_times(rows, trials):
-    """Best wall time of each row over trials, the rows taking turns (so load changes hit all)."""
-    best = {name: (0, float("inf")) for name, _ in rows}
+    """Best wall time of each row over trials (with the CPU time of that run), the rows taking
+    turns so that a change in the machine's load hits them all."""
+    best = {name: (0, float("inf"), 0.0) for name, _ in rows}
     for _ in range(trials):
         for name, fn in rows:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), cpu_seconds()
             n = fn()
-            best[name] = (n, min(best[name][1], time.perf_counter() - t))
+            wall, cpu = time.perf_counter() - t, cpu_seconds() - c
+            if wall < best[name][1]:
+                best[name] = (n, wall, cpu)
     return [(name, *best[name]) for name, _ in rows]
 
 
@@ -88,13 +98,15 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{len(stories) * args.repeat:,} stories ({args.repeat} x {len(stories):,}), tokenizer "
-          f"{Path(args.tokenizer).name}, {cores} cores, best of {args.trials}")
+          f"{Path(args.tokenizer).name}, {cores} cores, best wall time of {args.trials}; tokens/s and "
+          f"ratio from wall time; CPU s = all threads and processes of that run")
     base = results[0][1] / results[0][2]
-    print(f"| {'method':<48} | {'tokens':>10} | {'seconds':>7} | {'tokens/s':>10} | {'ratio':>5} |")
-    print(f"|{'-' * 50}|{'-' * 12}|{'-' * 9}|{'-' * 12}|{'-' * 7}|")
-    for name, n, dt in results:
-        print(f"| {name:<48} | {n:>10,} | {dt:>7.2f} | {n / dt:>10,.0f} | {n / dt / base:>5.2f} |")
-
+    print(f"| {'method':<48} | {'tokens':>10} | {'wall s':>6} | {'CPU s':>6} | {'tokens/s':>10} | {'ratio':>5} |")
+    print(f"|{'-' * 50}|{'-' * 12}|{'-' * 8}|{'-' * 8}|{'-' * 12}|{'-' * 7}|")
+    for name, n, wall, cpu in results:
+        print(f"| {name:<48} | {n:>10,} | {wall:>6.2f} | {cpu:>6.2f} | {n / wall:>10,.0f} | {n / wall / base:>5.2f} |")
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {cores} cores "
+          f"(other work on the machine lowers the parallel rows most)")
 
 if __name__ == "__main__":
     main()
