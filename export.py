@@ -47,6 +47,7 @@ DEFAULT_TOKENIZER = Path(__file__).resolve().parent / "tokenizer.model"
 def _atomic_write(path, write):
     """Call write(f) on path.tmp, then rename it over path; remove the temporary file on any failure."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
@@ -557,10 +558,10 @@ def _sample_story(model, tokenizer_path, prompt):
     """A real sample for the card: temperature 0.8, top-p 0.9, fixed seed."""
     from sentencepiece import SentencePieceProcessor
     sp = SentencePieceProcessor(model_file=str(tokenizer_path))
-    ids = torch.tensor([[sp.bos_id()] + sp.encode(prompt)])
-    g = torch.Generator().manual_seed(42)
+    ids = torch.tensor([[sp.bos_id()] + sp.encode(prompt)], device=model.output.weight.device)
+    g = torch.Generator(device=ids.device).manual_seed(42)
     n = min(200, model.params.max_seq_len - ids.size(1))
-    out = model.eval().generate(ids, n, temperature=0.8, top_p=0.9, stop_ids=[sp.bos_id(), sp.eos_id()], generator=g)
+    out = model.generate(ids, n, temperature=0.8, top_p=0.9, stop_ids=[sp.bos_id(), sp.eos_id()], generator=g)
     new = [t for t in out[0, ids.size(1):].tolist() if t not in (sp.bos_id(), sp.eos_id())]
     return sp.decode(new)
 
