@@ -3,8 +3,9 @@ cffi build script for `babyllama._babyllama`: the C engine in run.c, compiled as
 
 What it does: declares the API of babyllama.h to cffi (API mode, out-of-line) and compiles the very
 same run.c the CLI is built from, with -DBABYLLAMA_NO_MAIN so its main() drops out. One engine, no
-second copy. Flags: -O3, -march=native when the compiler accepts it, OpenMP when the compiler and
-its runtime are present; BABYLLAMA_CFLAGS (space separated) replaces the optional ones.
+second copy. Flags as the Makefile's for ./run (so the logits agree bit for bit): -O3 -std=c11,
+-march=native when the compiler accepts it, OpenMP when the compiler and its runtime are present;
+BABYLLAMA_CFLAGS (space separated) replaces the optional ones.
 What it does not do: anything at import time. setup.py's cffi_modules runs it at install time
 (`pip install .` or `pip install -e .`); `python babyllama/_build.py` rebuilds the extension in
 place for a checkout (the Makefile does this whenever run.c or babyllama.h changes).
@@ -52,11 +53,14 @@ def cc_accepts(flags, code="int main(void){return 0;}\n"):
 
 
 def compile_flags():
-    """(compile args, link args): -O3 always; -march=native and -fopenmp when they work."""
+    """(compile args, link args): the Makefile's: -O3 -std=c11, -march=native and -fopenmp when
+    they work."""
     if "BABYLLAMA_CFLAGS" in os.environ:
         extra = shlex.split(os.environ["BABYLLAMA_CFLAGS"])
-        return ["-O3"] + extra, [f for f in extra if f == "-fopenmp"]
-    cflags, ldflags = ["-O3", "-std=gnu11"], []
+        return ["-O3", "-std=c11"] + extra, [f for f in extra if f == "-fopenmp"]
+    # -std=c11 as the Makefile: strict ISO C turns off FMA contraction, so the bindings compute
+    # bit for bit the logits ./run computes
+    cflags, ldflags = ["-O3", "-std=c11"], []
     if cc_accepts(["-march=native"]):
         cflags.append("-march=native")
     if cc_accepts(["-fopenmp"], "#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n"):

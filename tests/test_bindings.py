@@ -128,6 +128,22 @@ def test_logits_equal_pytorch_aidreams(aid):
     assert aid.logits(seq[:-1]).argmax(1).tolist()[-20:] == seq[-20:]
 
 
+def test_logits_equal_the_c_program(aid, tmp_path):
+    """The same engine: bindings' logits == tests/c/logits.c's (run.c built by the Makefile)."""
+    subprocess.run(["make", "-s", "build/logits"], cwd=ROOT, check=True, capture_output=True)
+    models = [(AIDREAMS / "aidreams260K.bin", aid, 512)]
+    path, _ = random_model(tmp_path, version=2, dim=128, n_kv_heads=2)
+    models.append((path, babyllama.Model(path), 512))
+    ids = [1] + list(range(40, 100))
+    for path, m, V in models:
+        r = subprocess.run([str(ROOT / "build" / "logits"), str(path)], input=" ".join(map(str, ids)).encode(),
+                           capture_output=True, timeout=120, check=True)
+        theirs = np.frombuffer(r.stdout, dtype="<f4").reshape(len(ids), V)
+        # bit for bit with the same flags (babyllama/_build.py mirrors the Makefile's)
+        assert np.abs(m.logits(ids) - theirs).max() <= 1e-5
+    models[1][1].close()
+
+
 @pytest.mark.parametrize("version,kw,tol", [
     (1, dict(n_kv_heads=2, shared_classifier=False, hidden_dim=100), 1e-4),  # GQA, odd hidden size
     (0, dict(shared_classifier=False), 1e-4),
