@@ -144,6 +144,8 @@ def main(argv=None):
         model = babyllama.Model(args.model, tokenizer=args.tokenizer)
     except ImportError as e:
         sys.exit(f"error: the babyllama bindings are not built ({e}); run `pip install -e .`")
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e} (choose a checkpoint with --model PATH)")
     except (OSError, ValueError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     try:
