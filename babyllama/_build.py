@@ -57,7 +57,7 @@ def compile_flags():
     they work."""
     if "BABYLLAMA_CFLAGS" in os.environ:
         extra = shlex.split(os.environ["BABYLLAMA_CFLAGS"])
-        return ["-O3", "-std=c11"] + extra, [f for f in extra if f == "-fopenmp"]
+        return ["-O3", "-std=c11"] + extra, extra  # link with them too (-fopenmp, -fsanitize=...)
     # -std=c11 as the Makefile: strict ISO C turns off FMA contraction, so the bindings compute
     # bit for bit the logits ./run computes
     cflags, ldflags = ["-O3", "-std=c11"], []
