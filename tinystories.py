@@ -270,7 +270,7 @@ class StoryEncoder:
     so each chunk encodes on its own and a dict caches the ids of chunks already seen (stories
     reuse few words). Tokenizers without that property are encoded whole."""
 
-    def __init__(self, model_path, max_cache=1 << 20):
+    def __init__(self, model_path, max_cache=1 << 18):
         import re
         import sentencepiece as spm
         self.sp = spm.SentencePieceProcessor(model_file=str(model_path))
