@@ -20,3 +20,14 @@ def need(path: Path) -> Path:
         pytest.skip(f"{path} is absent (it lives in ../shared, next to the repository; "
                     f"set BABYLLAMA_SHARED to point elsewhere)")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module: tiny models run faster so, and the cores are shared.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

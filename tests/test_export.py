@@ -19,13 +19,7 @@ from model import ModelArgs, Transformer
 CASES = [(True, 8, None), (False, 2, 75), (True, 4, 96)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and the test machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def tiny(shared=True, n_kv_heads=8, hidden_dim=None, vocab_size=97, seed=0):

@@ -8,13 +8,7 @@ from conftest import AIDREAMS, ROOT, TINYSTORIES, need
 from model import KVCache, ModelArgs, Transformer, ffn_hidden_dim
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and the test machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def tiny(**kw):
