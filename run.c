@@ -205,42 +205,42 @@ struct bl_model {
 static int build_tokenizer(Tokenizer **out, const char *path, int vocab_size, char *err, size_t errlen);
 static void free_tokenizer(Tokenizer *t);
 
-// Validate and map the checkpoint into m (cfg, w, map). Nothing points into the file until its
-// size equals exactly what the header implies.
-static int map_checkpoint(bl_model *m, const char *path, char *err, size_t errlen) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return fail(err, errlen, BL_ERR_IO, "%s: cannot open checkpoint: %s", path, strerror(errno));
-    struct stat st;
+// Read the header from fd and check it against the file's size: on success cfg describes a
+// model whose tensors fill the file exactly. No pointer into the file exists yet.
+static int check_checkpoint(int fd, uint64_t size, bl_config *cfg, int *hsize, const char *path,
+                            char *err, size_t errlen) {
     unsigned char h[V1_HEADER];
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return fail(err, errlen, BL_ERR_IO, "%s: not a regular file", path);
-    }
     ssize_t got = pread(fd, h, sizeof h, 0);
-    int rc = BL_OK, hsize = got < 0 ? -1 : parse_header(h, (size_t)got, &m->cfg, path, err, errlen);
-    if (got < 0) rc = fail(err, errlen, BL_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
-    else if (hsize < 0) rc = BL_ERR_FORMAT;
-    else rc = check_config(&m->cfg, path, err, errlen);
-    Cursor c = {NULL, (uint64_t)(hsize < 0 ? 0 : hsize), 0};
-    if (rc == BL_OK) layout(&m->w, &c, &m->cfg);
-    if (rc == BL_OK && (c.overflow || c.off != (uint64_t)st.st_size)) {
-        const bl_config *p = &m->cfg;
-        rc = fail(err, errlen, BL_ERR_FORMAT,
-                  "%s: file is %lld bytes but its version %d header (dim %d, hidden_dim %d, n_layers %d, n_heads %d, "
-                  "n_kv_heads %d, vocab_size %d, seq_len %d) implies %s%llu bytes", path, (long long)st.st_size,
-                  p->version, p->dim, p->hidden_dim, p->n_layers, p->n_heads, p->n_kv_heads, p->vocab_size,
-                  p->seq_len, c.overflow ? "more than " : "", (unsigned long long)c.off);
-    }
+    if (got < 0) return fail(err, errlen, BL_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
+    *hsize = parse_header(h, (size_t)got, cfg, path, err, errlen);
+    if (*hsize < 0) return BL_ERR_FORMAT;
+    int rc = check_config(cfg, path, err, errlen);
+    if (rc != BL_OK) return rc;
+    Weights unused;
+    Cursor c = {NULL, (uint64_t)*hsize, 0};
+    layout(&unused, &c, cfg);
+    if (!c.overflow && c.off == size) return BL_OK;
+    return fail(err, errlen, BL_ERR_FORMAT,
+                "%s: file is %llu bytes but its version %d header (dim %d, hidden_dim %d, n_layers %d, n_heads %d, "
+                "n_kv_heads %d, vocab_size %d, seq_len %d) implies %s%llu bytes", path, (unsigned long long)size,
+                cfg->version, cfg->dim, cfg->hidden_dim, cfg->n_layers, cfg->n_heads, cfg->n_kv_heads,
+                cfg->vocab_size, cfg->seq_len, c.overflow ? "more than " : "", (unsigned long long)c.off);
+}
+
+// Validate, then memory-map the checkpoint and point m->w's tensors into it.
+static int map_checkpoint(bl_model *m, const char *path, char *err, size_t errlen) {
+    int fd = open(path, O_RDONLY), hsize = 0, rc = BL_OK;
+    struct stat st;
+    if (fd < 0) return fail(err, errlen, BL_ERR_IO, "%s: cannot open checkpoint: %s", path, strerror(errno));
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) rc = fail(err, errlen, BL_ERR_IO, "%s: not a regular file", path);
+    if (rc == BL_OK) rc = check_checkpoint(fd, (uint64_t)st.st_size, &m->cfg, &hsize, path, err, errlen);
     if (rc == BL_OK) {
-        m->map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (m->map == MAP_FAILED) {
-            m->map = NULL;
-            rc = fail(err, errlen, BL_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
-        }
+        void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (map == MAP_FAILED) rc = fail(err, errlen, BL_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+        else m->map = map, m->map_size = (size_t)st.st_size;
     }
     close(fd);  // the mapping stays valid without the descriptor
     if (rc != BL_OK) return rc;
-    m->map_size = (size_t)st.st_size;
     Cursor placed = {(const char *)m->map, (uint64_t)hsize, 0};
     layout(&m->w, &placed, &m->cfg);
     return BL_OK;
