@@ -24,6 +24,7 @@ design. The tolerance, as a relative RMS error ||C - ref|| / ||ref||:
   scale and the error vanishes (~5e-6), which checks the int8 kernels' indexing exactly.
 """
 import math
+import os
 import subprocess
 
 import numpy as np
@@ -34,6 +35,7 @@ from conftest import ROOT
 torch = pytest.importorskip("torch")
 model_py = pytest.importorskip("model")
 export = pytest.importorskip("export")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SHAPES = {
     "shared-512": dict(dim=64, n_layers=2, n_heads=4, vocab_size=512, max_seq_len=32),
@@ -74,7 +76,7 @@ def torch_logits(model, ids):
 
 def c_logits(logits_bin, path, ids, vocab_size):
     out = subprocess.run([str(logits_bin), str(path)], input=" ".join(map(str, ids)).encode(),
-                         capture_output=True, timeout=120)
+                         capture_output=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr.decode()
     return np.frombuffer(out.stdout, dtype="<f4").reshape(len(ids), vocab_size)
 
