@@ -69,14 +69,12 @@ def _is_shared(model):
 
 def _layers(model, name):
     """The tensors of one kind for every layer, in order (name like 'attention.wq')."""
-    mods = [layer.get_submodule(name) for layer in model.layers]
-    return [m.weight for m in mods]
+    return [layer.get_submodule(name).weight for layer in model.layers]
 
 
 def _header_params(model, vocab_sign=1):
     p = model.params
-    hidden = model.layers[0].feed_forward.w1.weight.shape[0]
-    return (p.dim, hidden, p.n_layers, p.n_heads, p.n_kv_heads, vocab_sign * p.vocab_size, p.max_seq_len)
+    return (p.dim, p.hidden_dim, p.n_layers, p.n_heads, p.n_kv_heads, vocab_sign * p.vocab_size, p.max_seq_len)
 
 
 def _matrices(model):
@@ -160,8 +158,7 @@ def quantize_q80(w, group_size):
 def export_v2(model, path, group_size=64):
     """llama2.c version 2 (Q8_0). Returns the group size actually used (backed off to divide every row)."""
     shared = _is_shared(model)
-    hidden = model.layers[0].feed_forward.w1.weight.shape[0]
-    gs = choose_group_size(group_size, model.params.dim, hidden)
+    gs = choose_group_size(group_size, model.params.dim, model.params.hidden_dim)
     mats = _matrices(model) + ([] if shared else [model.output.weight])
 
     def write(f):
@@ -180,7 +177,9 @@ def export_v2(model, path, group_size=64):
 # ---------------------------------------------------------------------------------------------
 # llama2.c .bin reader
 
-def _check_params(path, dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len):
+def _header_args(path, params, shared):
+    """ModelArgs from the 7 header ints, or ValueError naming the file when they cannot be a model."""
+    dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len = params
     ok = (dim > 0 and hidden > 0 and n_layers > 0 and n_heads > 0 and vocab > 0 and seq_len > 0
           and 0 < n_kv_heads <= n_heads and n_heads % n_kv_heads == 0 and dim % n_heads == 0
           and (dim // n_heads) % 2 == 0)
@@ -188,6 +187,8 @@ def _check_params(path, dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_l
         raise ValueError(f"{path}: not a llama2.c model (implausible header: dim={dim} hidden_dim={hidden} "
                          f"n_layers={n_layers} n_heads={n_heads} n_kv_heads={n_kv_heads} "
                          f"vocab_size={vocab} seq_len={seq_len})")
+    return ModelArgs(dim=dim, hidden_dim=hidden, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                     vocab_size=vocab, max_seq_len=seq_len, shared_classifier=shared)
 
 
 def _shapes(a: ModelArgs):
@@ -209,7 +210,7 @@ def _build(args, t):
     for i in range(args.n_layers):
         for ours, theirs in per_layer.items():
             sd[f"layers.{i}.{ours}.weight"] = t[theirs][i]
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in sd.items()}, strict=True)
+    model.load_state_dict(sd, strict=True)
     return model.eval()
 
 
@@ -237,15 +238,14 @@ def _take(path, data, off, shape, dtype="<f4"):
 
 
 def _load_v0(path, data):
-    dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = struct.unpack_from("<7i", data, 0)
-    shared = vocab > 0
-    vocab = abs(vocab)
-    _check_params(path, dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len)
-    args = ModelArgs(dim=dim, hidden_dim=hidden, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
-                     vocab_size=vocab, max_seq_len=seq_len, shared_classifier=shared)
+    params = list(struct.unpack_from("<7i", data, 0))
+    shared = params[5] > 0  # a negative vocab_size marks an unshared classifier
+    params[5] = abs(params[5])
+    args = _header_args(path, params, shared)
+    dim, vocab, seq_len = args.dim, args.vocab_size, args.max_seq_len
     shapes = _shapes(args)
     order = ["tok", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final"]
-    rope = seq_len * (dim // n_heads)  # two tables of seq_len * head_size / 2
+    rope = seq_len * (dim // args.n_heads)  # two tables of seq_len * head_size / 2
     total = 28 + 4 * (sum(int(np.prod(shapes[k])) for k in order) + rope
                       + (0 if shared else vocab * dim))
     if len(data) != total:
@@ -270,11 +270,9 @@ def _load_v12(path, data):
     shared_byte = data[36]
     if shared_byte not in (0, 1):
         raise ValueError(f"{path}: bad shared_classifier byte {shared_byte} in the header")
-    dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = params
-    _check_params(path, *params)
     shared = bool(shared_byte)
-    args = ModelArgs(dim=dim, hidden_dim=hidden, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
-                     vocab_size=vocab, max_seq_len=seq_len, shared_classifier=shared)
+    args = _header_args(path, params, shared)
+    dim, hidden, n_layers = args.dim, args.hidden_dim, args.n_layers
     s = _shapes(args)
     norms = ["rms_att", "rms_ffn", "rms_final"]
     mats = ["tok", "wq", "wk", "wv", "wo", "w1", "w2", "w3"] + ([] if shared else ["wcls"])
@@ -375,10 +373,9 @@ HF_LAYER = {"attention_norm": "input_layernorm", "ffn_norm": "post_attention_lay
 
 def hf_config(model):
     p = model.params
-    hidden = model.layers[0].feed_forward.w1.weight.shape[0]
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": p.vocab_size, "hidden_size": p.dim, "intermediate_size": hidden,
+        "vocab_size": p.vocab_size, "hidden_size": p.dim, "intermediate_size": p.hidden_dim,
         "num_hidden_layers": p.n_layers, "num_attention_heads": p.n_heads,
         "num_key_value_heads": p.n_kv_heads, "head_dim": p.dim // p.n_heads,
         "max_position_embeddings": p.max_seq_len, "rms_norm_eps": p.norm_eps,
@@ -569,7 +566,6 @@ def _sample_story(model, tokenizer_path, prompt):
 def model_card(model, train_config=None, checkpoint_info=None, tokenizer_path=None):
     p = model.params
     c = train_config or {}
-    hidden = model.layers[0].feed_forward.w1.weight.shape[0]
     shared = _is_shared(model)
     n = model.num_params()
     tok_desc = f"{p.vocab_size:,}"
@@ -597,7 +593,7 @@ def model_card(model, train_config=None, checkpoint_info=None, tokenizer_path=No
               "## Model Details", "", "### Architecture Hyperparameters", "",
               f"- **Dimension:** {p.dim}", f"- **Number of Layers:** {p.n_layers}",
               f"- **Number of Attention Heads:** {p.n_heads}", f"- **Number of KV Heads:** {p.n_kv_heads}",
-              f"- **Head Size:** {p.dim // p.n_heads}", f"- **FFN Hidden Dimension:** {hidden}",
+              f"- **Head Size:** {p.dim // p.n_heads}", f"- **FFN Hidden Dimension:** {p.hidden_dim}",
               f"- **Vocabulary Size:** {tok_desc}", f"- **Maximum Sequence Length:** {p.max_seq_len} tokens",
               f"- **Dropout:** {p.dropout}", f"- **Hidden Dimension Multiple:** {p.multiple_of}",
               f"- **RMSNorm epsilon:** {p.norm_eps}", f"- **RoPE theta:** 10000",
@@ -728,9 +724,8 @@ def main(argv=None):
         else:
             gs = export_v2(model, a.out, a.group_size)
             if gs != a.group_size:
-                hidden = model.layers[0].feed_forward.w1.weight.shape[0]
                 print(f"note: group size {a.group_size} does not divide dim={model.params.dim} and "
-                      f"hidden_dim={hidden}; backed off to {gs}")
+                      f"hidden_dim={model.params.hidden_dim}; backed off to {gs}")
         print(f"wrote {a.out} (llama2.c version {a.version}, {os.path.getsize(a.out):,} bytes)")
     except (FileNotFoundError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
