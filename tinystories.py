@@ -39,7 +39,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 DATA_DIR = ROOT / "data"
-DEFAULT_TOKENIZER = ROOT / "tokenizer.model"
 EOT = "<|endoftext|>"
 HF_REPO = "roneneldan/TinyStories"
 
@@ -203,12 +202,16 @@ def is_val(story, val_frac):
 # train_vocab
 
 
-def sample_stories(paths, n, seed, val_frac):
+def sample_stories(paths, n, seed, val_frac, progress=True):
     """A seeded uniform sample (reservoir) of at most n training-split stories, kept in file order."""
+    from tqdm import tqdm
     rng = random.Random(seed)
     keep = []  # (position, story)
     seen = 0
-    for story in iter_stories(paths):
+    bar = tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True,
+               desc="sampling stories", disable=not progress)
+    for story, nbytes in iter_stories(paths, with_bytes=True):
+        bar.update(nbytes)
         if is_val(story, val_frac):
             continue  # the tokenizer never sees held-out text
         if len(keep) < n:
@@ -218,12 +221,13 @@ def sample_stories(paths, n, seed, val_frac):
             if j < n:
                 keep[j] = (seen, story)
         seen += 1
+    bar.close()
     keep.sort()
     return [s for _, s in keep], seen
 
 
 def train_vocab(vocab_size, paths, out_path=None, sample=100_000, seed=1337, val_frac=0.02,
-                threads=None):
+                threads=None, verbose=True):
     """Train a sentencepiece BPE tokenizer (llama2.c's options) and export its tokenizer.bin.
     The options keep sentencepiece's encoding equal to run.c's greedy best-score merges: BPE
     scores are merge ranks, and no piece holds a space except at its start (or only spaces)."""
@@ -234,20 +238,25 @@ def train_vocab(vocab_size, paths, out_path=None, sample=100_000, seed=1337, val
     if vocab_size < 259 + 16:
         raise ValueError(f"--vocab_size {vocab_size} is too small (259 ids are special and byte pieces)")
     out_path = Path(out_path) if out_path else DATA_DIR / f"tok{vocab_size}.model"
-    stories, total = sample_stories(paths, sample, seed, val_frac)
+    stories, total = sample_stories(paths, sample, seed, val_frac, verbose)
     if not stories:
         raise ValueError("no training stories found in the input")
-    print(f"training a {vocab_size}-piece BPE on {len(stories):,} of {total:,} training stories")
+    if verbose:
+        print(f"training a {vocab_size}-piece BPE on {len(stories):,} of {total:,} training stories "
+              f"(sentencepiece's log follows)")
     # one sentence per line of a story: sentencepiece skips sentences over max_sentence_length
     lines = [ln for s in stories for ln in s.split("\n") if ln.strip()]
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, model_type="bpe",
-        vocab_size=vocab_size, self_test_sample_size=0, character_coverage=1.0,
-        num_threads=threads or os.cpu_count(), split_digits=True, allow_whitespace_only_pieces=True,
-        byte_fallback=True, unk_surface=r" \342\201\207 ", normalization_rule_name="identity",
-        remove_extra_whitespaces=False, add_dummy_prefix=True, max_sentence_length=1 << 16,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=model, model_type="bpe",
+            vocab_size=vocab_size, character_coverage=1.0,
+            num_threads=threads or os.cpu_count(), split_digits=True, allow_whitespace_only_pieces=True,
+            byte_fallback=True, unk_surface=r" \342\201\207 ", normalization_rule_name="identity",
+            remove_extra_whitespaces=False, add_dummy_prefix=True, max_sentence_length=1 << 16,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=0 if verbose else 2)
+    except RuntimeError as e:  # e.g. more pieces asked for than the sample can give
+        raise ValueError(f"sentencepiece training failed: {str(e).strip().splitlines()[-1]}") from None
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
     tmp.write_bytes(model.getvalue())

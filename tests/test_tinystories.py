@@ -171,7 +171,7 @@ def test_meta_tokenizer_export(tmp_path):
 @pytest.fixture(scope="module")
 def tok512(tmp_path_factory):
     out = tmp_path_factory.mktemp("vocab") / "tok512.model"
-    ts.train_vocab(512, ts.find_inputs(need(TINYSTORIES)), out, sample=1500, seed=7)
+    ts.train_vocab(512, ts.find_inputs(need(TINYSTORIES)), out, sample=1500, seed=7, verbose=False)
     return out
 
 
@@ -197,7 +197,7 @@ def test_train_vocab_options_and_export(tok512, tmp_path):
 
 def test_train_vocab_is_seeded(tok512, tmp_path):
     again = tmp_path / "again.model"
-    ts.train_vocab(512, ts.find_inputs(need(TINYSTORIES)), again, sample=1500, seed=7)
+    ts.train_vocab(512, ts.find_inputs(need(TINYSTORIES)), again, sample=1500, seed=7, verbose=False)
     assert again.read_bytes() == tok512.read_bytes()
 
 
@@ -427,3 +427,11 @@ def test_unpack_all_data_tarball(corpus, tmp_path):
     ts.unpack_json_shards(tar_path, dest)
     assert sorted(p.name for p in dest.iterdir()) == ["data00.json", "data01.json"]
     assert list(ts.iter_stories(ts.find_inputs(dest))) == stories[:160]
+
+
+def test_train_vocab_too_big_is_one_clear_error(corpus, tmp_path):
+    with pytest.raises(ValueError, match="Vocabulary size too high"):
+        ts.train_vocab(60000, ts.find_inputs(corpus[0]), tmp_path / "x.model", verbose=False)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    with pytest.raises(ValueError, match="too small"):
+        ts.train_vocab(100, ts.find_inputs(corpus[0]), tmp_path / "x.model", verbose=False)
