@@ -273,41 +273,46 @@ def train_vocab(vocab_size, paths, out_path=None, sample=100_000, seed=1337, val
 class StoryEncoder:
     """Story text -> ids, with BOS first, equal to sentencepiece's own encoding but faster.
 
-    The text is cut before every run of spaces into chunks (" +[^ ]*", after the dummy-prefix
-    space). When no piece holds a space after a non-space character (true of llama2.c-style BPE:
-    sentencepiece only lets U+2581 start a piece, or fill it), no merge can cross a chunk boundary,
-    so each chunk encodes on its own and a dict caches the ids of chunks already seen (stories
-    reuse few words). Tokenizers without that property are encoded whole."""
+    A story is cut at its spaces into words; sentencepiece sees each word with the space before it
+    (its dummy prefix stands for that space). When no piece holds a space after a non-space
+    character (true of llama2.c-style BPE: sentencepiece only lets U+2581 start a piece, or fill
+    it), no merge can cross from one word into the next, so each word encodes on its own, and a dict
+    caches the ids of words already seen (stories reuse few words) as bytes ready to be written.
+    Stories with leading, trailing or repeated spaces or a literal U+2581, and tokenizers without
+    that property, are encoded whole."""
 
     def __init__(self, model_path, max_cache=1 << 18):
-        import re
         import sentencepiece as spm
         self.sp = spm.SentencePieceProcessor(model_file=str(model_path))
         self.bos = self.sp.bos_id()
+        self.dtype = token_dtype(self.sp.vocab_size())
+        self.bos_bytes = self.to_bytes([self.bos])
         self.max_cache = max_cache
         self.cache = {}
-        self.chunks = re.compile(" +[^ ]*").findall
         ws = "\u2581"
         pieces = (self.sp.id_to_piece(i) for i in range(self.sp.vocab_size()))
         self.chunked = all(ws not in p.lstrip(ws) for p in pieces)
 
+    def to_bytes(self, ids):
+        return np.array(ids, dtype=self.dtype).tobytes()
+
     def parts(self, story):
-        """The ids of a story as a list of id lists, BOS first (join with itertools.chain)."""
-        if not self.chunked or not story or story[0] == " " or story[-1] == " ":
-            return [[self.bos], self.sp.encode(story)]
-        chunks = self.chunks(" " + story)
-        got = list(map(self.cache.get, chunks))
+        """The story's ids as a list of byte strings of `dtype` ids, BOS first: b"".join them."""
+        words = story.split(" ")
+        if not self.chunked or "" in words or "\u2581" in story:  # the rare slow path
+            return [self.bos_bytes, self.to_bytes(self.sp.encode(story))]
+        got = list(map(self.cache.get, words))
         if None in got:
             if len(self.cache) >= self.max_cache:
                 self.cache.clear()  # bounded memory on any input
             for i, ids in enumerate(got):
-                if ids is None:  # sentencepiece's dummy prefix stands for the chunk's first space
-                    got[i] = self.cache[chunks[i]] = self.sp.encode(chunks[i][1:])
-        got.insert(0, [self.bos])
+                if ids is None:
+                    got[i] = self.cache[words[i]] = self.to_bytes(self.sp.encode(words[i]))
+        got.insert(0, self.bos_bytes)
         return got
 
     def encode(self, story):
-        return list(itertools.chain.from_iterable(self.parts(story)))
+        return np.frombuffer(b"".join(self.parts(story)), dtype=self.dtype).tolist()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,11 +389,14 @@ class ShardWriter:
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.f = open(self.tmp, "wb")
         self.f.write(b"\0" * HEADER.size)  # filled in by close()
+        self.width = np.dtype(token_dtype(vocab_size)).itemsize
         self.n_tokens = self.n_stories = self.n_bytes = 0
 
     def write(self, ids, n_stories, n_bytes):
-        self.f.write(ids.tobytes())
-        self.n_tokens += len(ids)
+        """Append ids (an array of the shard's dtype, or its bytes) and count the stories."""
+        data = ids.tobytes() if isinstance(ids, np.ndarray) else bytes(ids)
+        self.f.write(data)
+        self.n_tokens += len(data) // self.width
         self.n_stories += n_stories
         self.n_bytes += n_bytes
 
@@ -410,8 +418,8 @@ def _init_worker(model_path):
     _worker_encoder = StoryEncoder(model_path)
 
 
-def _encode_block(stories, val_frac, dtype):
-    """(ids, [n_stories, n_bytes]) per split for a block of stories; runs in a worker."""
+def _encode_block(stories, val_frac):
+    """({split: ids as bytes}, {split: [n_stories, n_bytes]}) for a block of stories; in a worker."""
     parts = {"train": [], "val": []}
     stats = {"train": [0, 0], "val": [0, 0]}
     for s in stories:
@@ -420,8 +428,7 @@ def _encode_block(stories, val_frac, dtype):
         parts[split] += _worker_encoder.parts(s)
         stats[split][0] += 1
         stats[split][1] += len(b)
-    ids = {k: np.fromiter(itertools.chain.from_iterable(v), dtype=dtype) for k, v in parts.items()}
-    return ids, stats
+    return {k: b"".join(v) for k, v in parts.items()}, stats
 
 
 def _blocks(stories, n):
@@ -527,7 +534,7 @@ def pretokenize(paths, tokenizer_path=None, out_dir=None, val_frac=0.02, shard_s
             pending = []
             for block in _blocks(group, block_stories):
                 stories = [s for s, _ in block]
-                job = pool.apply_async(_encode_block, (stories, val_frac, dtype))
+                job = pool.apply_async(_encode_block, (stories, val_frac))
                 pending.append((job, sum(nb for _, nb in block)))
                 if len(pending) >= 2 * workers:
                     _drain(*pending.pop(0), writers, bar)
@@ -560,7 +567,7 @@ def _drain(job, n_file_bytes, writers, bar):
     ids, stats = job.get()
     for k, w in writers.items():
         w.write(ids[k], *stats[k])
-    bar.n_tokens += len(ids["train"]) + len(ids["val"])
+    bar.n_tokens += sum(len(b) for b in ids.values()) // writers["train"].width
     bar.set_postfix_str(f"{bar.n_tokens / max(time.time() - bar.t0, 1e-9):,.0f} tok/s", refresh=False)
     bar.update(n_file_bytes)
 
