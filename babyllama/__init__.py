@@ -159,10 +159,13 @@ class Model:
     tokenizer: a llama2.c tokenizer.bin. Default: `tokenizer.bin` in the model's directory, else
         the repository's top-level `tokenizer.bin` (found next to this package in a checkout);
         when neither exists the model opens without one and only `logits` works.
+    threads: OpenMP threads per C call (./run's -T); None: the calling thread's OpenMP setting
+        (OMP_NUM_THREADS, else every core). Results do not depend on it.
     """
 
-    def __init__(self, path, tokenizer=None):
+    def __init__(self, path, tokenizer=None, threads=None):
         path = _path(path, "path")
+        self.threads = 0 if threads is None else _int(threads, "threads", lo=1)
         if not os.path.isfile(path):
             raise FileError(f"model file not found: {path}")
         if tokenizer is None:
@@ -330,7 +333,11 @@ class Model:
         try:
             m = self._enter()
             try:
-                _check(lib.bl_logits(s, cids, n, ffi.from_buffer("float[]", out), err, lib.BL_ERRLEN), err)
+                prev = lib.blpy_set_threads(self.threads) if self.threads else 0
+                rc = lib.bl_logits(s, cids, n, ffi.from_buffer("float[]", out), err, lib.BL_ERRLEN)
+                if prev:
+                    lib.blpy_set_threads(prev)
+                _check(rc, err)
             finally:
                 self._exit()
         finally:
@@ -389,7 +396,10 @@ class Model:
             for pos in range(steps):
                 m = self._enter()
                 try:
+                    prev = lib.blpy_set_threads(self.threads) if self.threads else 0
                     logits = lib.bl_forward(s, token, pos)
+                    if prev:
+                        lib.blpy_set_threads(prev)
                     if logits == ffi.NULL:
                         raise ArgumentError(f"token {token} or position {pos} is out of range")
                     nxt = ids[pos + 1] if pos + 1 < len(ids) else lib.bl_sample(sampler[0], logits)

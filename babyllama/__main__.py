@@ -1,7 +1,7 @@
 """
 `python -m babyllama model.bin -i "Once upon a time"`: tell a story from Python, streamed.
 
-The flags are ./run's (-t -p -k -s -z -i), except -n, which here counts the NEW tokens
+The flags are ./run's (-t -p -k -s -z -i -T), except -n, which here counts the NEW tokens
 (generate()'s max_new_tokens) rather than positions. What it does not do: chat mode or timing
 (use ./run for those).
 """
@@ -22,9 +22,10 @@ def main(argv=None):
     ap.add_argument("-p", dest="top_p", type=float, default=0.9, help="top-p (0 or 1: off)")
     ap.add_argument("-k", dest="top_k", type=int, default=0, help="top-k (0: off)")
     ap.add_argument("-s", dest="seed", type=int, default=None, help="seed (default: random)")
+    ap.add_argument("-T", dest="threads", type=int, default=None, help="threads (default: every core)")
     a = ap.parse_args(argv)
     try:
-        with Model(a.checkpoint, a.tokenizer) as m:
+        with Model(a.checkpoint, a.tokenizer, threads=a.threads) as m:
             sys.stdout.write(m.decode(m.encode(a.prompt)))
             for piece in m.generate(a.prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
                                     top_p=a.top_p, top_k=a.top_k, seed=a.seed, stream=True):

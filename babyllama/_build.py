@@ -69,12 +69,32 @@ def compile_flags():
     return cflags, ldflags
 
 
+# One binding-only helper besides the engine's API: set the OpenMP thread count of the calling
+# thread (what ./run's -T sets) and return the previous one, so Model(threads=) can set it around
+# each call and put it back.
+SHIM = """
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+static int blpy_set_threads(int n) {
+#ifdef _OPENMP
+    int prev = omp_get_max_threads();
+    if (n > 0) omp_set_num_threads(n);
+    return prev;
+#else
+    (void)n;
+    return 1;
+#endif
+}
+"""
+
 ffibuilder = FFI()
 ffibuilder.cdef(cdef_from_header((ROOT / "babyllama.h").read_text()))
+ffibuilder.cdef("static int blpy_set_threads(int n);")
 _cflags, _ldflags = compile_flags()
 ffibuilder.set_source(
     "babyllama._babyllama",
-    '#define BABYLLAMA_NO_MAIN\n#include "run.c"\n',
+    '#define BABYLLAMA_NO_MAIN\n#include "run.c"\n' + SHIM,
     include_dirs=[str(ROOT)],
     depends=[str(ROOT / "run.c"), str(ROOT / "babyllama.h")],
     extra_compile_args=_cflags,

@@ -72,10 +72,10 @@ def make_models(work, shapes):
 # ---------------------------------------------------------------------------------------------
 # workers: each runs in its own process (so thread settings start fresh) and prints JSON
 
-def worker_bindings(model, tok, tokens, runs):
+def worker_bindings(model, tok, tokens, runs, threads):
     import babyllama
     rates = []
-    with babyllama.Model(model, tok) as m:
+    with babyllama.Model(model, tok, threads=threads) as m:
         m.generate("", max_new_tokens=4, seed=1)  # warm-up: page in the weights
         for r in range(runs):
             t0 = time.perf_counter()
@@ -145,7 +145,7 @@ def main():
     if args.worker:
         threads = int(args.threads)
         if args.worker == "bindings":
-            rates = worker_bindings(args.model, args.tok, args.tokens, args.runs)
+            rates = worker_bindings(args.model, args.tok, args.tokens, args.runs, threads)
         else:
             rates = worker_torch(args.model, args.tokens, args.runs, threads)
         print(json.dumps(rates))

@@ -30,14 +30,15 @@ RUN = ROOT / "run"
 @pytest.fixture(scope="module")
 def aid():
     need(AIDREAMS)
-    with babyllama.Model(AIDREAMS / "aidreams260K.bin", AIDREAMS / "tok512.bin") as m:
+    # one OpenMP thread: a 260K-parameter model gains nothing from two, and loses a lot on busy cores
+    with babyllama.Model(AIDREAMS / "aidreams260K.bin", AIDREAMS / "tok512.bin", threads=1) as m:
         yield m
 
 
 def cli(*args):
     """stdout of ./run (bytes)."""
     need(RUN)
-    r = subprocess.run([str(RUN), *map(str, args)], capture_output=True, timeout=120)
+    r = subprocess.run([str(RUN), *map(str, args), "-T", "1"], capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     return r.stdout
 
@@ -105,6 +106,18 @@ def test_generate_max_new_tokens_and_stop(aid):
 # ---------------------------------------------------------------------------------------------
 # logits and encoding
 
+def test_thread_count_changes_nothing(aid):
+    with babyllama.Model(AIDREAMS / "aidreams260K.bin", AIDREAMS / "tok512.bin", threads=2) as m2:
+        assert m2.generate("I dreamed", max_new_tokens=30, seed=9) == \
+            aid.generate("I dreamed", max_new_tokens=30, seed=9)
+        ids = aid.encode("I dreamed of vectors")
+        assert np.array_equal(m2.logits(ids), aid.logits(ids))
+    with pytest.raises(TypeError):
+        babyllama.Model(AIDREAMS / "aidreams260K.bin", threads="2")
+    with pytest.raises(ValueError):
+        babyllama.Model(AIDREAMS / "aidreams260K.bin", threads=0)
+
+
 def test_config(aid):
     c = aid.config
     assert (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len) == \
@@ -152,7 +165,7 @@ def test_logits_equal_the_c_program(aid, tmp_path):
 def test_logits_equal_pytorch_random(tmp_path, version, kw, tol):
     path, model = random_model(tmp_path, version=version, **kw)
     ids = list(np.random.default_rng(1).integers(0, 512, 64))
-    with babyllama.Model(path, AIDREAMS / "tok512.bin" if AIDREAMS.exists() else None) as m:
+    with babyllama.Model(path, AIDREAMS / "tok512.bin" if AIDREAMS.exists() else None, threads=1) as m:
         assert m.config.version == version
         ours = m.logits(ids)
     with torch.no_grad():
@@ -172,7 +185,7 @@ def test_encode_matches_sentencepiece(tmp_path):
         tok_bin = sp.export(tmp_path / (tm.stem + ".bin"))
         path, _ = random_model(tmp_path, dim=8, n_layers=1, n_heads=2, vocab_size=sp.n_words,
                                max_seq_len=8)
-        with babyllama.Model(path, tok_bin) as m:
+        with babyllama.Model(path, tok_bin, threads=1) as m:
             for t in texts:
                 assert m.encode(t) == sp.encode(t), (tm, t)
                 assert m.encode(t, bos=False, eos=True) == sp.encode(t, bos=False, eos=True)
@@ -209,7 +222,7 @@ def byte_chain_model(tmp_path, text):
 def test_stream_never_splits_a_character(tmp_path):
     need(AIDREAMS)
     text = "é日😀"  # 2-, 3- and 4-byte characters, one byte token per byte
-    with babyllama.Model(byte_chain_model(tmp_path, text), AIDREAMS / "tok512.bin") as m:
+    with babyllama.Model(byte_chain_model(tmp_path, text), AIDREAMS / "tok512.bin", threads=1) as m:
         pieces = list(m.generate("", max_new_tokens=20, temperature=0.0, stream=True))
         assert pieces == ["é", "日", "😀"]
         assert m.generate("", max_new_tokens=20, temperature=0.0) == text
@@ -263,7 +276,7 @@ def test_four_threads_one_model(aid):
 
 def test_close_while_generating_is_safe():
     need(AIDREAMS)
-    m = babyllama.Model(AIDREAMS / "aidreams260K.bin", AIDREAMS / "tok512.bin")
+    m = babyllama.Model(AIDREAMS / "aidreams260K.bin", AIDREAMS / "tok512.bin", threads=1)
     stream = m.generate("I dreamed", max_new_tokens=100, temperature=0.0, stream=True)
     next(stream)
     outcome = []
@@ -336,7 +349,8 @@ def test_python_cli(aid):
     """python -m babyllama prints what ./run prints for the same story (-n there counts new tokens)."""
     A = AIDREAMS
     r = subprocess.run([sys.executable, "-m", "babyllama", A / "aidreams260K.bin", "-z", A / "tok512.bin",
-                        "-i", "I dreamed", "-n", "30", "-t", "0.9", "-s", "11"], capture_output=True, timeout=60)
+                        "-i", "I dreamed", "-n", "30", "-t", "0.9", "-s", "11", "-T", "1"], capture_output=True,
+                       timeout=60)
     k = len(aid.encode("I dreamed", bos=False))
     assert r.returncode == 0 and r.stdout == cli(A / "aidreams260K.bin", "-z", A / "tok512.bin", "-i", "I dreamed",
                                                   "-n", 30 + k, "-t", 0.9, "-s", 11)
@@ -348,6 +362,6 @@ def test_default_tokenizer_is_next_to_the_model(tmp_path):
     need(AIDREAMS)
     shutil.copy(AIDREAMS / "aidreams260K.bin", tmp_path / "m.bin")
     shutil.copy(AIDREAMS / "tok512.bin", tmp_path / "tokenizer.bin")
-    with babyllama.Model(tmp_path / "m.bin") as m:
+    with babyllama.Model(tmp_path / "m.bin", threads=1) as m:
         assert m.tokenizer_path == str(tmp_path / "tokenizer.bin")
         assert m.generate("I dreamed", max_new_tokens=10, temperature=0.0)
