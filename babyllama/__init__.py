@@ -168,7 +168,8 @@ class Model:
         self.threads = 0 if threads is None else _int(threads, "threads", lo=1)
         if not os.path.isfile(path):
             raise FileError(f"model file not found: {path}")
-        if tokenizer is None:
+        defaulted = tokenizer is None
+        if defaulted:
             for cand in (Path(path).resolve().parent / "tokenizer.bin", _REPO_TOKENIZER):
                 if cand.is_file():
                     tokenizer = str(cand)
@@ -186,7 +187,12 @@ class Model:
         self._m = None
         out, err = ffi.new("bl_model **"), _errbuf()
         tok = os.fsencode(tokenizer) if tokenizer is not None else ffi.NULL
-        _check(lib.bl_model_open(os.fsencode(path), tok, out, err, lib.BL_ERRLEN), err)
+        try:
+            _check(lib.bl_model_open(os.fsencode(path), tok, out, err, lib.BL_ERRLEN), err)
+        except Error as e:
+            if defaulted and tokenizer and tokenizer in str(e):
+                raise type(e)(f"{e} (the default tokenizer; pass tokenizer=)") from None
+            raise
         self._m = out[0]
         c = lib.bl_model_config(self._m)
         self.config = Config(c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads,
