@@ -49,10 +49,10 @@ def encoder():
     return ROOT / "build" / "encode"
 
 
-def c_encode(encoder, tokenizer_bin, vocab_size, texts):
+def c_encode(encoder, tokenizer_bin, vocab_size, texts, timeout=120):
     lines = "".join(t.encode("utf-8").hex() + "\n" for t in texts)
     out = subprocess.run([str(encoder), str(tokenizer_bin), str(vocab_size)], input=lines,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr
     rows = out.stdout.split("\n")[:-1]
     assert len(rows) == len(texts)
@@ -79,6 +79,17 @@ def test_project_tokenizer(encoder, tmp_path):
     if not model.exists():
         pytest.skip("tokenizer.model (the project's tokenizer, made by `tinystories.py train_vocab`) is absent")
     check_parity(encoder, model, tmp_path)
+
+
+def test_long_text(encoder, tmp_path):
+    """20 KB of stories with their newlines in one text: same ids, and no quadratic stall (the
+    timeout in c_encode; llama2.c's merge loop takes about a minute on this)."""
+    from tokenizer import Tokenizer
+    path = need(TINYSTORIES / "TinyStories-train.head.txt")
+    text = path.read_text(encoding="utf-8")[:20000]
+    tok = Tokenizer(need(META_TOKENIZER))
+    got = c_encode(encoder, tok.export(tmp_path / "t.bin"), tok.n_words, [text], timeout=20)
+    assert got[0] == tok.encode(text, bos=False)
 
 
 def test_byte_fallback_is_exercised(encoder, tmp_path):
