@@ -919,7 +919,8 @@ static int encode_prompt(const bl_model *m, const char *prompt, int steps, int *
 }
 
 // llama2.c's loop: force the prompt's tokens, then sample; print each token as it is chosen;
-// stop at BOS (the start of another story), after EOS, or after `steps` positions.
+// stop at BOS (the start of another story), after EOS, or after `steps` positions. EOS itself is
+// printed ("\n</s>\n"), as llama2.c prints it: its golden outputs contain it.
 static int generate(const bl_model *m, bl_state *st, bl_sampler *sampler, const char *prompt, int steps) {
     int *prompt_ids = NULL, n_prompt = encode_prompt(m, prompt, steps, &prompt_ids);
     if (n_prompt < 0) {
