@@ -24,6 +24,7 @@ What it does not do: the instruction/tag-conditioned formats (only the `story` t
 any tokenizer other than sentencepiece.
 """
 import argparse
+import array
 import hashlib
 import itertools
 import json
@@ -294,7 +295,10 @@ class StoryEncoder:
         self.chunked = all(ws not in p.lstrip(ws) for p in pieces)
 
     def to_bytes(self, ids):
-        return np.array(ids, dtype=self.dtype).tobytes()
+        a = array.array("H" if self.dtype.itemsize == 2 else "I", ids)  # faster than numpy when small
+        if sys.byteorder == "big":
+            a.byteswap()  # shards are little-endian
+        return a.tobytes()
 
     def parts(self, story):
         """The story's ids as a list of byte strings of `dtype` ids, BOS first: b"".join them."""
@@ -325,11 +329,12 @@ assert HEADER.size == 48 + 16
 
 
 def token_dtype(vocab_size):
-    return np.uint16 if vocab_size <= 65536 else np.uint32
+    """Little-endian uint16 when every id fits, else uint32."""
+    return np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<u4")
 
 
 def pack_header(vocab_size, n_tokens, n_stories, n_bytes, sha256_hex):
-    width = np.dtype(token_dtype(vocab_size)).itemsize
+    width = token_dtype(vocab_size).itemsize
     return HEADER.pack(MAGIC, VERSION, HEADER.size, vocab_size, width, n_tokens, n_stories, n_bytes,
                        bytes.fromhex(sha256_hex)[:16])
 
@@ -346,7 +351,7 @@ def read_header(path):
     if version != VERSION or hsize != HEADER.size:
         raise ValueError(f"{path}: shard format version {version} (header {hsize} bytes); "
                          f"this reader knows version {VERSION}")
-    if width != np.dtype(token_dtype(vocab)).itemsize:
+    if width != token_dtype(vocab).itemsize:
         raise ValueError(f"{path}: token width {width} does not fit vocab size {vocab}")
     if size != HEADER.size + n_tok * width:
         raise ValueError(f"{path}: {size} bytes on disk but the header promises "
@@ -389,7 +394,7 @@ class ShardWriter:
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.f = open(self.tmp, "wb")
         self.f.write(b"\0" * HEADER.size)  # filled in by close()
-        self.width = np.dtype(token_dtype(vocab_size)).itemsize
+        self.width = token_dtype(vocab_size).itemsize
         self.n_tokens = self.n_stories = self.n_bytes = 0
 
     def write(self, ids, n_stories, n_bytes):
@@ -508,7 +513,7 @@ def pretokenize(paths, tokenizer_path=None, out_dir=None, val_frac=0.02, shard_s
                              f"use another --out_dir or delete it")
     meta = {"format": "babyllama token shards", "version": VERSION, "complete": False,
             "settings": settings, "tokenizer": ident, "vocab_size": vocab,
-            "token_width": np.dtype(dtype).itemsize}
+            "token_width": dtype.itemsize}
     _write_json(meta_path, meta)
 
     workers = workers or os.cpu_count()
