@@ -41,11 +41,17 @@ build/%: tests/c/%.c run.c babyllama.h
 
 build/%_debug: tests/c/%.c run.c babyllama.h
 	@mkdir -p build
-	$(CC) $(WARN) $(SANITIZE) -I. -o $@ $< -lm
+	$(CC) $(WARN) $(SANITIZE) -pthread -I. -o $@ $< -lm
 
-# the C unit tests, under the sanitizers (leaks included)
-test-c: build/test_api_debug
+# ... and under ThreadSanitizer, without OpenMP (its runtime is not instrumented)
+build/%_tsan: tests/c/%.c run.c babyllama.h
+	@mkdir -p build
+	$(CC) $(WARN) -g -O1 -fsanitize=thread -pthread -Wno-unknown-pragmas -I. -o $@ $< -lm
+
+# the C unit tests, under the sanitizers (leaks and data races included)
+test-c: build/test_api_debug build/test_api_tsan
 	./build/test_api_debug
+	./build/test_api_tsan
 
 # ---- Python environment ---------------------------------------------------------------------
 # The stamp file re-installs when the install files change.

@@ -5,12 +5,16 @@
  * It writes a tiny random model (GQA, odd hidden size) as versions 0, 1 and 2 and a tiny tokenizer
  * into a temporary folder, checks that they load and agree, then feeds every kind of malformed file
  * through bl_model_open and checks that each one is refused with an error code and a one-line
- * message naming the file. It also checks encoding, decoding and the sampler on known cases.
+ * message naming the file. It also checks encoding, decoding and the sampler on known cases, and
+ * that one model serves several threads at once (each with its own state and sampler) with the
+ * same results as one thread; `make test-c` also runs it under the thread sanitizer.
  * It does not compare with PyTorch (tests/test_logits_parity.py does) or sentencepiece
  * (tests/test_encode.py does).
  */
 #define BABYLLAMA_NO_MAIN
 #include "run.c"
+
+#include <pthread.h>
 
 static int failures = 0, checks = 0;
 #define CHECK(cond, ...) do { checks++; if (!(cond)) { failures++; \
@@ -418,6 +422,50 @@ static void test_sampler(void) {
     CHECK(bl_sampler_new(4, 1.0f, 0.9f, 0, 0, &s, err, sizeof err) == BL_ERR_ARG, "seed 0");
 }
 
+// One thread's work on a shared model: logits of a sequence, an encoding, 8 sampled tokens.
+typedef struct {
+    const bl_model *m;
+    float logits[S * V];
+    int ids[16], n_ids, sampled[8], rc;
+} Job;
+
+static void *run_job(void *arg) {
+    Job *j = arg;
+    char err[BL_ERRLEN];
+    bl_state *s = NULL;
+    bl_sampler *smp = NULL;
+    int seq[S] = {1, 5, 260, 262, 7, 9, 11, 13, 200, 201, 3, 4};
+    j->rc = bl_state_new(j->m, &s, err, sizeof err);
+    if (!j->rc) j->rc = bl_logits(s, seq, S, j->logits, err, sizeof err);
+    if (!j->rc) j->rc = bl_encode(j->m, "ab b a", 1, 1, j->ids, 16, &j->n_ids, err, sizeof err);
+    if (!j->rc) j->rc = bl_sampler_new(V, 1.0f, 0.9f, 0, 99, &smp, err, sizeof err);
+    for (int pos = 0, tok = 1; !j->rc && pos < 8; pos++)
+        tok = j->sampled[pos] = bl_sample(smp, bl_forward(s, tok, pos));
+    bl_sampler_free(smp);
+    bl_state_free(s);
+    return NULL;
+}
+
+static void test_threads(void) {
+    enum { T = 4 };
+    char err[BL_ERRLEN];
+    bl_model *m = NULL;
+    CHECK(bl_model_open(tmp_path("v2.bin"), tmp_path("tok.bin"), &m, err, sizeof err) == BL_OK, "open: %s", err);
+    if (!m) return;
+    Job *jobs = calloc(T + 1, sizeof(Job));
+    pthread_t th[T];
+    jobs[T].m = m;
+    run_job(&jobs[T]);  // the single-threaded reference
+    for (int i = 0; i < T; i++) jobs[i].m = m, pthread_create(&th[i], NULL, run_job, &jobs[i]);
+    for (int i = 0; i < T; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i <= T; i++) CHECK(jobs[i].rc == BL_OK, "thread %d failed: %d", i, jobs[i].rc);
+    for (int i = 0; i < T; i++)
+        CHECK(memcmp(&jobs[i].logits, &jobs[T].logits, sizeof jobs[T] - offsetof(Job, logits)) == 0,
+              "thread %d got other results than a single thread", i);
+    free(jobs);
+    bl_model_close(m);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/babyllama_test_XXXXXX");
     if (!mkdtemp(dir)) return perror("mkdtemp"), 1;
@@ -433,6 +481,7 @@ int main(void) {
     test_malformed_tokenizers();
     test_tokenizer();
     test_sampler();
+    test_threads();
     for (int t = 0; t < NT; t++) free(wt[t]);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
