@@ -405,6 +405,11 @@ class ShardWriter:
         self.n_stories += n_stories
         self.n_bytes += n_bytes
 
+    def abort(self):
+        """Drop the half-written shard (on an error or an interrupt)."""
+        self.f.close()
+        self.tmp.unlink(missing_ok=True)
+
     def close(self):
         self.f.seek(0)
         self.f.write(pack_header(self.vocab_size, self.n_tokens, self.n_stories, self.n_bytes, self.sha256))
@@ -535,16 +540,21 @@ def pretokenize(paths, tokenizer_path=None, out_dir=None, val_frac=0.02, shard_s
                 bar.update(sum(nb for _, nb in group))
                 continue
             writers = {k: ShardWriter(p, vocab, sha) for k, p in targets.items()}
-            # ordered results, at most 2 blocks in flight per worker: bounded memory
-            pending = []
-            for block in _blocks(group, block_stories):
-                stories = [s for s, _ in block]
-                job = pool.apply_async(_encode_block, (stories, val_frac))
-                pending.append((job, sum(nb for _, nb in block)))
-                if len(pending) >= 2 * workers:
+            try:
+                # ordered results, at most 2 blocks in flight per worker: bounded memory
+                pending = []
+                for block in _blocks(group, block_stories):
+                    stories = [s for s, _ in block]
+                    job = pool.apply_async(_encode_block, (stories, val_frac))
+                    pending.append((job, sum(nb for _, nb in block)))
+                    if len(pending) >= 2 * workers:
+                        _drain(*pending.pop(0), writers, bar)
+                while pending:
                     _drain(*pending.pop(0), writers, bar)
-            while pending:
-                _drain(*pending.pop(0), writers, bar)
+            except BaseException:
+                for w in writers.values():
+                    w.abort()
+                raise
             for w in writers.values():
                 w.close()
         pool.close()

@@ -437,3 +437,26 @@ def test_train_vocab_too_big_is_one_clear_error(corpus, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing half-written
     with pytest.raises(ValueError, match="too small"):
         ts.train_vocab(100, ts.find_inputs(corpus[0]), tmp_path / "x.model", verbose=False)
+
+
+def test_pretokenize_stops_cleanly_and_resumes(corpus, tmp_path):
+    """A bad byte late in the input: the run fails naming the file, leaves finished shards and no
+    .tmp; once the input is fixed, the re-run keeps those shards and completes."""
+    d, stories = corpus
+    good = (d / "stories.txt").read_bytes()
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "stories.txt").write_bytes(good + b"a bad \xff byte\n<|endoftext|>\n")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="stories.txt: line"):
+        ts.pretokenize(ts.find_inputs(src), None, out, shard_stories=100, progress=False)
+    assert not list(out.glob("*.tmp")) and not ts.load_meta(out)["complete"]
+    done = {p.name: p.stat().st_mtime_ns for p in out.glob("*.bin")}
+    assert sorted(done) == ["train_00000.bin", "train_00001.bin", "val_00000.bin", "val_00001.bin"]
+    with pytest.raises(ValueError, match="did not finish"):
+        ts.iter_batches("train", 1, 8, out)
+    (src / "stories.txt").write_bytes(good + b"a good byte\n<|endoftext|>\n")
+    ts.pretokenize(ts.find_inputs(src), None, out, shard_stories=100, progress=False)
+    assert all((out / n).stat().st_mtime_ns == t for n, t in done.items())
+    meta = ts.load_meta(out)
+    assert meta["complete"] and meta["splits"]["train"]["n_stories"] + meta["splits"]["val"]["n_stories"] == 241
