@@ -712,13 +712,15 @@ def main(argv=None):
                        help="directory of TinyStories files (default: $TINYSTORIES_DIR, else the "
                             "folder `download` filled under data/)")
         p.add_argument("--val_frac", type=float, default=0.02,
-                       help="fraction of stories held out for validation, chosen by a hash of the text")
+                       help="fraction of stories held out for validation, chosen by a hash of the text "
+                            "(default %(default)s)")
 
     p = sub.add_parser("train_vocab", help="train a sentencepiece BPE tokenizer -> data/tokN.model")
     inputs(p)
     p.add_argument("--vocab_size", type=int, required=True)
-    p.add_argument("--sample", type=int, default=100_000, help="stories sampled for training")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--sample", type=int, default=100_000,
+                   help="training stories sampled for the tokenizer (default %(default)s)")
+    p.add_argument("--seed", type=int, default=1337, help="sampling seed (default %(default)s)")
     p.add_argument("--out", default=None, help="output .model (default data/tok{N}.model)")
 
     p = sub.add_parser("pretokenize", help="stories -> token shards + meta.json")
@@ -729,7 +731,7 @@ def main(argv=None):
     g.add_argument("--tokenizer", default=None,
                    help="sentencepiece .model (default: the project's tokenizer.model)")
     p.add_argument("--out_dir", default=None, help="shard directory (default data/tok{V}_{sha8})")
-    p.add_argument("--shard_stories", type=int, default=50_000, help="input stories per shard")
+    p.add_argument("--shard_stories", type=int, default=50_000, help="input stories per shard (default %(default)s)")
     p.add_argument("--workers", type=int, default=None, help="encoding processes (default: every core)")
 
     args = ap.parse_args(argv)
