@@ -736,14 +736,14 @@ def main(argv=None):
 
     args = ap.parse_args(argv)
     try:
+        if not 0 <= getattr(args, "val_frac", 0) < 1:
+            raise ValueError(f"--val_frac must be in [0, 1), got {args.val_frac}")
         if args.cmd == "download":
             download(args.what)
         elif args.cmd == "train_vocab":
             paths = find_inputs(args.data_dir, args.files)
             train_vocab(args.vocab_size, paths, args.out, args.sample, args.seed, args.val_frac)
         elif args.cmd == "pretokenize":
-            if not 0 <= args.val_frac < 1:
-                raise ValueError(f"--val_frac must be in [0, 1), got {args.val_frac}")
             if args.shard_stories < 1:
                 raise ValueError(f"--shard_stories must be positive, got {args.shard_stories}")
             tok = args.tokenizer
