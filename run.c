@@ -307,9 +307,12 @@ static void softmax(float *x, int n) {
     for (int i = 0; i < n; i++) x[i] /= sum;
 }
 
+// Below this many multiply-adds a parallel loop costs more in thread wake-ups than it saves.
+#define PARALLEL_MIN_WORK (1L << 16)
+
 // y[d] = W[d, n] x[n], fp32
 static void matmul(float *y, const float *x, const float *w, int n, int d) {
-    #pragma omp parallel for
+    #pragma omp parallel for if ((long)n * d >= PARALLEL_MIN_WORK)
     for (int i = 0; i < d; i++) {
         const float *row = w + (size_t)i * n;
         float val = 0.0f;
@@ -339,7 +342,7 @@ static void quantize(int8_t *q, float *s, const float *x, int n, int gs) {
 // y[d] = W[d, n] x[n] with int8 W (scales ws, one per gs) and int8 x (scales xs): int32 sums per group.
 static void matmul_q8(float *y, const int8_t *xq, const float *xs, const int8_t *wq, const char *ws,
                       int n, int d, int gs) {
-    #pragma omp parallel for
+    #pragma omp parallel for if ((long)n * d >= PARALLEL_MIN_WORK)
     for (int i = 0; i < d; i++) {
         const int8_t *row = wq + (size_t)i * n;
         const char *rs = ws + (size_t)i * (n / gs) * 4;
@@ -458,7 +461,7 @@ static void attention(bl_state *s, int l, int pos) {
     const bl_config *p = &s->m->cfg;
     int hs = p->dim / p->n_heads, KV = kv_dim(p), group = p->n_heads / p->n_kv_heads;
     size_t loff = (size_t)l * p->seq_len * KV;
-    #pragma omp parallel for
+    #pragma omp parallel for if ((long)p->dim * (pos + 1) >= PARALLEL_MIN_WORK)
     for (int h = 0; h < p->n_heads; h++) {
         const float *q = s->q + (size_t)h * hs;
         float *att = s->att + (size_t)h * p->seq_len, *xb = s->xb + (size_t)h * hs;
