@@ -74,9 +74,9 @@ def torch_logits(model, ids):
         return model(torch.tensor([ids]))[0][0].float().numpy()
 
 
-def c_logits(logits_bin, path, ids, vocab_size):
+def c_logits(logits_bin, path, ids, vocab_size, threads=1):
     out = subprocess.run([str(logits_bin), str(path)], input=" ".join(map(str, ids)).encode(),
-                         capture_output=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         capture_output=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     assert out.returncode == 0, out.stderr.decode()
     return np.frombuffer(out.stdout, dtype="<f4").reshape(len(ids), vocab_size)
 
@@ -121,3 +121,16 @@ def test_int8_logits_within_derived_tolerance(case, group_size, logits_bin, tmp_
     assert err_act > 1e-4, "the int8 path rounds activations: it cannot equal the dequantized fp32 forward"
     assert err_act <= 0.01 * math.sqrt(4 * L + 1) * 2, f"activation rounding error {err_act:.4f}"
     assert err_all <= 0.01 * math.sqrt(11 * L + 3) * 2, f"total int8 error {err_all:.4f}"
+
+
+def test_threads_give_identical_logits(logits_bin, tmp_path):
+    """OpenMP splits rows and heads between threads, never one sum: 1 and 2 threads agree bit for bit
+    (the 32000-row classifier is large enough to run in parallel)."""
+    args = SHAPES["unshared-32000-mqa"]
+    model, ids = random_model(args), list(range(1, args["max_seq_len"] + 1))
+    for version in (1, 2):
+        path = tmp_path / f"v{version}.bin"
+        export.export_v1(model, path) if version == 1 else export.export_v2(model, path)
+        one = c_logits(logits_bin, path, ids, args["vocab_size"], threads=1)
+        two = c_logits(logits_bin, path, ids, args["vocab_size"], threads=2)
+        assert np.array_equal(one, two)
