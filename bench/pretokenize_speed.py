@@ -98,7 +98,7 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{len(stories) * args.repeat:,} stories ({args.repeat} x {len(stories):,}), tokenizer "
-          f"{Path(args.tokenizer).name}, {cores} cores, best wall time of {args.trials}; tokens/s and "
+          f"{args.tokenizer}, {cores} cores, best wall time of {args.trials}; tokens/s and "
           f"ratio from wall time; CPU s = all threads and processes of that run")
     base = results[0][1] / results[0][2]
     print(f"| {'method':<48} | {'tokens':>10} | {'wall s':>6} | {'CPU s':>6} | {'tokens/s':>10} | {'ratio':>5} |")
