@@ -274,6 +274,7 @@ class Model:
     def encode(self, text, bos=True, eos=False):
         """Token ids of `text` (llama2.c's / sentencepiece's encoding), BOS first by default."""
         data = _str(text, "text").encode("utf-8")
+        self._need_tokenizer()
         cap = len(data) + 3
         ids, n, err = ffi.new("int[]", cap), ffi.new("int *"), _errbuf()
         m = self._enter()
@@ -283,19 +284,24 @@ class Model:
             self._exit()
         return list(ffi.unpack(ids, n[0]))
 
+    def _need_tokenizer(self):
+        if self.tokenizer_path is None:
+            raise Error(f"model {self.path} has no tokenizer (no tokenizer.bin next to it or in the "
+                        f"repository; pass tokenizer=)")
+
     def _piece(self, m, prev, token):
         """The bytes the CLI prints for `token` after `prev`."""
         out = ffi.new("const char **")
         n = lib.bl_decode(m, prev, token, out)
         if n < 0:
-            if self.tokenizer_path is None:
-                raise Error(f"model {self.path} has no tokenizer (none found next to it; pass tokenizer=)")
+            self._need_tokenizer()
             raise ArgumentError(f"token id {token} is out of range [0, {self.config.vocab_size})")
         return ffi.buffer(out[0], n)[:]
 
     def decode_bytes(self, ids):
         """The bytes the CLI would print for `ids` after a BOS (BOS itself prints nothing)."""
         ids = self._ids(ids)
+        self._need_tokenizer()
         out, prev = [], BOS
         m = self._enter()
         try:
