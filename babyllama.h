@@ -68,7 +68,8 @@ int bl_encode(const bl_model *m, const char *text, int bos, int eos, int *ids, i
               int *n_ids, char *err, size_t errlen);
 
 /* The bytes that token `token` prints when it follows token `prev` (llama2.c's rules: one leading
- * space stripped after BOS, "<0xHH>" becomes that byte, a lone control byte prints nothing).
+ * space stripped after BOS, "<0xHH>" becomes that byte, a lone control byte prints nothing; a lone
+ * byte >= 0x80 is kept, being part of a UTF-8 character).
  * Sets *bytes to memory owned by the model (not NUL-terminated in general) and returns the byte
  * count, or -1 for a token out of range or a model without tokenizer. */
 int bl_decode(const bl_model *m, int prev, int token, const char **bytes);
