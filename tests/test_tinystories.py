@@ -460,3 +460,12 @@ def test_pretokenize_stops_cleanly_and_resumes(corpus, tmp_path):
     assert all((out / n).stat().st_mtime_ns == t for n, t in done.items())
     meta = ts.load_meta(out)
     assert meta["complete"] and meta["splits"]["train"]["n_stories"] + meta["splits"]["val"]["n_stories"] == 241
+
+
+def test_project_tokenizer_is_what_train_vocab_makes(tmp_path):
+    """tokenizer.model is reproducible: `train_vocab --vocab_size 4096 --data_dir <shared text>`
+    (default sample and seed) gives the same pieces and scores."""
+    out = ts.train_vocab(4096, ts.find_inputs(need(TINYSTORIES)), tmp_path / "tok4096.model", verbose=False)
+    made, ours = Tokenizer(out).sp, Tokenizer(ROOT / "tokenizer.model").sp
+    assert [(made.id_to_piece(i), made.get_score(i)) for i in range(4096)] == \
+           [(ours.id_to_piece(i), ours.get_score(i)) for i in range(4096)]
