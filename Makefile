@@ -13,16 +13,19 @@ PY     := $(VENV)/bin/python
 all: run
 
 # ---- C engine ------------------------------------------------------------------------------
-# Flags are probed with a test compile, so `make` works with any C11 compiler: OpenMP when the
-# compiler has it (else only its `simd` pragmas, else none), -march=native when accepted.
-CC      ?= cc
-accepts  = $(shell echo 'int main(void){return 0;}' | $(CC) $(1) -x c - -o /dev/null 2>/dev/null && echo $(1))
-OPENMP  := $(or $(call accepts,-fopenmp),$(call accepts,-fopenmp-simd),-Wno-unknown-pragmas)
-NATIVE  := $(call accepts,-march=native)
-CFLAGS  ?= -O3 $(NATIVE)
-WARN    := -std=c11 -Wall -Wextra
-SANITIZE := -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-            $(or $(call accepts,-fopenmp-simd),-Wno-unknown-pragmas)
+# Flags are probed with a test compile and link, so `make` works with any C11 compiler: OpenMP when
+# the compiler has it (else only its `simd` pragmas, else none), -march=native when accepted, the
+# sanitizers when their runtimes are installed (else the debug builds are plain -g builds).
+comma    := ,
+accepts   = $(shell echo 'int main(void){return 0;}' | $(CC) $(1) -x c - -o /dev/null 2>/dev/null && echo '$(1)')
+OPENMP   := $(or $(call accepts,-fopenmp),$(call accepts,-fopenmp-simd),-Wno-unknown-pragmas)
+SIMD     := $(or $(call accepts,-fopenmp-simd),-Wno-unknown-pragmas)
+NATIVE   := $(call accepts,-march=native)
+ASAN     := $(call accepts,-fsanitize=address$(comma)undefined -fno-sanitize-recover=undefined)
+TSAN     := $(call accepts,-fsanitize=thread -pthread)
+CFLAGS   ?= -O3 $(NATIVE)
+WARN     := -std=c11 -Wall -Wextra
+SANITIZE := -g -O1 -fno-omit-frame-pointer $(ASAN) $(SIMD)
 
 run: run.c babyllama.h
 	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -o $@ run.c -lm
@@ -34,7 +37,8 @@ run_debug: run.c babyllama.h
 debug: run_debug
 
 # C test programs (tests/c/*.c include run.c with -DBABYLLAMA_NO_MAIN): build/<name> is optimized
-# (the Python tests drive it), build/<name>_debug runs under the sanitizers.
+# (the Python tests drive it), build/<name>_debug runs under ASan + UBSan, build/<name>_tsan under
+# ThreadSanitizer, without OpenMP (whose runtime is not instrumented).
 build/%: tests/c/%.c run.c babyllama.h
 	@mkdir -p build
 	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -I. -o $@ $< -lm
@@ -43,15 +47,15 @@ build/%_debug: tests/c/%.c run.c babyllama.h
 	@mkdir -p build
 	$(CC) $(WARN) $(SANITIZE) -pthread -I. -o $@ $< -lm
 
-# ... and under ThreadSanitizer, without OpenMP (its runtime is not instrumented)
 build/%_tsan: tests/c/%.c run.c babyllama.h
 	@mkdir -p build
-	$(CC) $(WARN) -g -O1 -fsanitize=thread -pthread -Wno-unknown-pragmas -I. -o $@ $< -lm
+	$(CC) $(WARN) -g -O1 $(TSAN) $(SIMD) -I. -o $@ $< -lm
 
 # the C unit tests, under the sanitizers (leaks and data races included)
-test-c: build/test_api_debug build/test_api_tsan
+test-c: build/test_api_debug $(if $(TSAN),build/test_api_tsan)
 	./build/test_api_debug
-	./build/test_api_tsan
+	$(if $(TSAN),./build/test_api_tsan,@echo "test-c: no ThreadSanitizer runtime here: data-race run skipped")
+	$(if $(ASAN),,@echo "test-c: no AddressSanitizer runtime here: ran without sanitizers")
 
 # ---- Python environment ---------------------------------------------------------------------
 # The stamp file re-installs when the install files change.
