@@ -9,6 +9,12 @@
  * What it does not do: train, export, or run on a GPU. Nothing here exits on bad input except
  * main(): every library function returns an error code with a one-line message.
  *
+ * Where it differs from llama2.c's run on purpose: bad input (a malformed file, an unknown flag, a
+ * prompt or an -n that does not fit the context, -t < 0, -p outside [0, 1]) is a one-line error and
+ * exit status 1 instead of a crash or a silent clamp; lone bytes >= 0x80 (pieces of UTF-8
+ * characters) are printed; -k (top-k) and -T (threads) are new. Otherwise the same arguments and
+ * seed print the same story.
+ *
  * Sections: errors, checkpoint, kernels, forward, tokenizer, sampler, generation, CLI.
  *
  *     make && ./run model.bin -z tokenizer.bin -i "Once upon a time"
