@@ -602,13 +602,15 @@ class TokenStream:
         meta = load_meta(bin_dir)
         if not meta.get("complete"):
             raise ValueError(f"{bin_dir}: pretokenize did not finish (meta.json says incomplete); run it again")
-        if vocab_size is not None and meta["vocab_size"] != vocab_size:
+        try:
+            vocab, sha, tok_path = meta["vocab_size"], meta["tokenizer"]["sha256"], meta["tokenizer"]["path"]
+            names = meta["splits"][split]["shards"]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{Path(bin_dir) / 'meta.json'}: not a pretokenize meta.json (no {e})") from None
+        if vocab_size is not None and vocab != vocab_size:
             raise ValueError(f"vocab mismatch: the model has vocab_size {vocab_size} but the shards in "
-                             f"{bin_dir} were made with a {meta['vocab_size']}-piece tokenizer "
-                             f"({meta['tokenizer']['path']})")
-        sha = meta["tokenizer"]["sha256"]
-        self.shards = [open_shard(Path(bin_dir) / n, meta["vocab_size"], sha)
-                       for n in meta["splits"][split]["shards"]]
+                             f"{bin_dir} were made with a {vocab}-piece tokenizer ({tok_path})")
+        self.shards = [open_shard(Path(bin_dir) / n, vocab, sha) for n in names]
         self.shards = [s for s in self.shards if len(s)]
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
         self.n_tokens = int(self.offsets[-1])
@@ -642,23 +644,24 @@ def get_batch(stream, k, batch_size, seq_len, seed, rank, split):
     return xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
 
 
-def _batch_dataset(bin_dir, split, batch_size, seq_len, seed, rank, start_batch, vocab_size):
-    import torch
+class BatchDataset:
+    """Batch k of a split as item k, for a torch DataLoader: its sampler hands out k = start_batch,
+    start_batch + 1, ... to the workers in turn (worker w of n gets k = start_batch + w (mod n))
+    and it returns them in order. Picklable and small (the shards are opened lazily in each
+    worker), so it works with the spawn start method too (macOS, Windows)."""
 
-    class Batches(torch.utils.data.IterableDataset):
-        """Worker w of n makes batches k = start_batch + w, + w + n, ...; the DataLoader takes
-        workers in turn, so the order of k is kept."""
+    def __init__(self, bin_dir, split, batch_size, seq_len, seed, rank, vocab_size):
+        self.args = (bin_dir, split, batch_size, seq_len, seed, rank, vocab_size)
+        self.stream = None
 
-        def __iter__(self):
-            info = torch.utils.data.get_worker_info()
-            w, n = (info.id, info.num_workers) if info else (0, 1)
-            stream = TokenStream(bin_dir, split, vocab_size)  # opened in the worker: no shared maps
-            k = start_batch + w
-            while True:
-                yield get_batch(stream, k, batch_size, seq_len, seed, rank, split)
-                k += n
+    def __getstate__(self):
+        return {"args": self.args, "stream": None}  # never pickle the memory maps
 
-    return Batches()
+    def __getitem__(self, k):
+        bin_dir, split, batch_size, seq_len, seed, rank, vocab_size = self.args
+        if self.stream is None:
+            self.stream = TokenStream(bin_dir, split, vocab_size)
+        return get_batch(self.stream, k, batch_size, seq_len, seed, rank, split)
 
 
 def iter_batches(split, batch_size, seq_len, bin_dir, device="cpu", seed=1337, rank=0, world_size=1,
@@ -677,9 +680,9 @@ def iter_batches(split, batch_size, seq_len, bin_dir, device="cpu", seed=1337, r
     device = torch.device(device)
     pin = device.type == "cuda"
     if num_workers > 0:
-        ds = _batch_dataset(bin_dir, split, batch_size, seq_len, seed, rank, start_batch, vocab_size)
-        source = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers,
-                                             pin_memory=pin, persistent_workers=False)
+        ds = BatchDataset(bin_dir, split, batch_size, seq_len, seed, rank, vocab_size)
+        source = torch.utils.data.DataLoader(ds, batch_size=None, sampler=itertools.count(start_batch),
+                                             num_workers=num_workers, pin_memory=pin)
     else:
         source = (get_batch(stream, k, batch_size, seq_len, seed, rank, split)
                   for k in itertools.count(start_batch))

@@ -469,3 +469,13 @@ def test_project_tokenizer_is_what_train_vocab_makes(tmp_path):
     made, ours = Tokenizer(out).sp, Tokenizer(ROOT / "tokenizer.model").sp
     assert [(made.id_to_piece(i), made.get_score(i)) for i in range(4096)] == \
            [(ours.id_to_piece(i), ours.get_score(i)) for i in range(4096)]
+
+
+def test_batch_dataset_pickles_small(shards):
+    """What a spawn-started DataLoader worker receives: arguments, not the memory maps."""
+    import pickle
+    ds = ts.BatchDataset(shards, "train", 2, 16, 3, 0, 4096)
+    x, y = ds[7]
+    back = pickle.loads(pickle.dumps(ds))
+    assert len(pickle.dumps(ds)) < 2000 and back.stream is None
+    assert torch.equal(back[7][0], x) and torch.equal(back[7][1], y)
