@@ -358,11 +358,10 @@ def instruct_features():
 
 def dataset_card(source, dd, balance):
     """README.md of the curated data set (a Hugging Face data set card)."""
+    import numpy as np
     rows = []
     for name, split in dd.items():
-        counts = [0, 0]
-        for e in split["ending"]:
-            counts[e] += 1
+        counts = np.bincount(split.with_format("numpy")["ending"], minlength=len(ENDINGS))
         rows.append(f"| {name} | {len(split):,} | {counts[0]:,} | {counts[1]:,} |")
     ex = dd["train"][0] if len(dd["train"]) else None
     sample = "" if ex is None else (
