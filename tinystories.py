@@ -103,7 +103,12 @@ def download(what="all_data", data_dir=DATA_DIR):
     dest = Path(data_dir) / folder
     dest.mkdir(parents=True, exist_ok=True)
     for name in files:
-        path = Path(hf_hub_download(HF_REPO, name, repo_type="dataset", local_dir=dest))
+        try:
+            path = Path(hf_hub_download(HF_REPO, name, repo_type="dataset", local_dir=dest))
+        except Exception as e:  # the hub client's HTTP errors are not OSErrors
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConnectionError(f"downloading {name} from {HF_REPO} failed ({first}); run it again "
+                                  f"to resume, or use a local copy with --data_dir DIR") from None
         if name.endswith(".tar.gz") and not (dest / "data49.json").is_file():
             unpack_json_shards(path, dest)
     print(f"TinyStories ({what}) is in {dest}")
