@@ -3,12 +3,14 @@
 #   make debug       ./run_debug with -g and the address/undefined sanitizers
 #   make quickstart  virtual environment + install + build + tell a story (CLI and Python)
 #   make test        install the test extras and run every test (C and Python)
+#   make fuzz        libFuzzer (clang) + ASan + UBSan on each fuzz target for FUZZ_SECONDS (default 60)
+#   make valgrind    the C tests (no sanitizers) and one generation of ./run under valgrind
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: all debug test test-c quickstart story-model venv clean
+.PHONY: all debug test test-c fuzz fuzz-regress valgrind quickstart story-model venv clean
 
 all: run
 
@@ -56,6 +58,60 @@ test-c: build/test_api_debug $(if $(TSAN),build/test_api_tsan)
 	./build/test_api_debug
 	$(if $(TSAN),./build/test_api_tsan,@echo "test-c: no ThreadSanitizer runtime here: data-race run skipped")
 	$(if $(ASAN),,@echo "test-c: no AddressSanitizer runtime here: ran without sanitizers")
+
+# ---- fuzzing (tests/fuzz/): libFuzzer targets built with clang under ASan + UBSan ---------------
+# Each target runs FUZZ_SECONDS from its committed seeds (tests/fuzz/corpus/<t>) plus what earlier
+# runs found (build/fuzz/corpus/<t>); any crash, sanitizer report, leak, timeout or OOM fails the
+# target and leaves its input in build/fuzz/crash-<t>-*: commit it under tests/fuzz/regressions/<t>/
+# with the fix. `fuzz-regress` replays every committed regression input (part of `make fuzz`).
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := checkpoint tokenizer encode cli
+FUZZ_FLAGS   := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+FUZZ_OPTS    := -timeout=10 -rss_limit_mb=2048 -close_fd_mask=3 -print_final_stats=1
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h run.c babyllama.h
+	@mkdir -p build/fuzz
+	@command -v $(FUZZ_CC) >/dev/null || { echo "error: make fuzz needs clang with libFuzzer (apt-get install -y clang)" >&2; exit 1; }
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< -lm
+
+fuzz-regress: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+	@for t in $(FUZZ_TARGETS); do \
+	  files=$$(ls tests/fuzz/regressions/$$t/* 2>/dev/null); \
+	  if [ -n "$$files" ]; then echo "fuzz-regress: $$t: $$(echo $$files | wc -w) inputs"; \
+	    ./build/fuzz/fuzz_$$t $(FUZZ_OPTS) $$files >build/fuzz/regress-$$t.log 2>&1 || { tail -40 build/fuzz/regress-$$t.log; exit 1; }; fi; \
+	done
+
+fuzz: fuzz-regress
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/corpus/$$t; echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  ./build/fuzz/fuzz_$$t $(FUZZ_OPTS) -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build/fuzz/crash-$$t- \
+	    build/fuzz/corpus/$$t tests/fuzz/corpus/$$t >build/fuzz/$$t.log 2>&1 \
+	    || { tail -60 build/fuzz/$$t.log; echo "fuzz: $$t FAILED (input: build/fuzz/crash-$$t-*)"; exit 1; }; \
+	  grep -E "stat::number_of_executed_units|stat::peak_rss_mb" build/fuzz/$$t.log | sed "s/^/fuzz: $$t: /"; \
+	done
+
+# ---- valgrind: the C API tests built without sanitizers, and one generation of ./run ------------
+VALGRIND := valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible --quiet
+
+build/test_api_plain: tests/c/test_api.c run.c babyllama.h
+	@mkdir -p build
+	$(CC) $(WARN) -g -O1 $(SIMD) -pthread -I. -o $@ $< -lm
+
+build/run_plain: run.c babyllama.h
+	@mkdir -p build
+	$(CC) $(WARN) -g -O1 $(SIMD) -o $@ run.c -lm
+
+valgrind: build/test_api_plain build/run_plain
+	@command -v valgrind >/dev/null || { echo "error: make valgrind needs valgrind (apt-get install -y valgrind)" >&2; exit 1; }
+	$(VALGRIND) ./build/test_api_plain
+	$(VALGRIND) ./build/run_plain tests/fuzz/corpus/checkpoint/v2_g8.bin -z tests/fuzz/corpus/tokenizer/tok8.bin -n 4 -s 1 -i "a"
+	@if [ -f $(VALGRIND_MODEL) ]; then echo "$(VALGRIND) ./build/run_plain $(VALGRIND_MODEL) ..."; \
+	  $(VALGRIND) ./build/run_plain $(VALGRIND_MODEL) -z $(VALGRIND_TOK) -n 64 -s 42 -i "Once upon a time" >/dev/null; \
+	else echo "valgrind: $(VALGRIND_MODEL) absent: generation checked on the tiny seed model only"; fi
+
+VALGRIND_MODEL ?= ../shared/models/aidreams260K/aidreams260K.bin
+VALGRIND_TOK   ?= ../shared/models/aidreams260K/tok512.bin
 
 # ---- Python environment ---------------------------------------------------------------------
 # The stamp file re-installs when the install files change.
