@@ -615,6 +615,10 @@ static void index_pieces(Tokenizer *t) {
 }
 
 static int build_tokenizer(Tokenizer **out, const char *path, int vocab_size, char *err, size_t errlen) {
+    // encoding emits BOS (1) and EOS (2) whatever the file says: they must be in the vocabulary
+    if (vocab_size < 3)
+        return fail(err, errlen, BL_ERR_FORMAT, "%s: the model's vocab_size %d is too small for a tokenizer "
+                    "(ids 0, 1, 2 are <unk>, BOS, EOS)", path, vocab_size);
     Tokenizer *t = calloc(1, sizeof *t);
     if (!t) return fail(err, errlen, BL_ERR_NOMEM, "%s: out of memory", path);
     t->vocab_size = vocab_size;
