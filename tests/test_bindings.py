@@ -95,12 +95,15 @@ def test_generate_max_new_tokens_and_stop(aid):
     assert aid.generate("I dreamed", max_new_tokens=0, temperature=0.0) == ""
     short = aid.generate("I dreamed", max_new_tokens=10, temperature=0.0)
     assert full.startswith(short) and len(short) < len(full) and len(ids) > 10
+    # one piece per token here (no byte tokens): exactly max_new_tokens of them
+    assert len(list(aid.generate("I dreamed", max_new_tokens=10, temperature=0.0, stream=True))) == 10
     word = full.split()[3]
     cut = aid.generate("I dreamed", max_new_tokens=40, temperature=0.0, stop=[word, "zzzz"])
     assert cut == full[:full.find(word)]
     # the context bounds the story: a long request stops at seq_len positions
-    everything = aid.generate("", max_new_tokens=10_000, temperature=0.0)
-    assert len(aid.encode(everything, bos=False)) <= aid.config.seq_len
+    pieces = list(aid.generate("", max_new_tokens=10_000, temperature=0.0, stream=True))
+    assert len(pieces) == aid.config.seq_len  # = ./run -n 0 (the whole context)
+    assert "".join(pieces) + "\n" == (AIDREAMS / "expected_greedy_n128.txt").read_text()
 
 
 # ---------------------------------------------------------------------------------------------
