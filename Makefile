@@ -1,6 +1,7 @@
 # babyllama: build the C engine, set up Python, run the tests.
 #   make             build ./run with the best flags this machine supports
 #   make debug       ./run_debug with -g and the address/undefined sanitizers
+#   make run_ref     ./run_ref: the portable reference kernels (-DBL_REFERENCE), for comparison
 #   make quickstart  virtual environment + install + build + tell a story (CLI and Python)
 #   make test        install the test extras and run every test (C and Python)
 #   make fuzz        libFuzzer (clang) + ASan + UBSan on each fuzz target for FUZZ_SECONDS (default 60)
@@ -27,13 +28,18 @@ ASAN     := $(call accepts,-fsanitize=address$(comma)undefined -fno-sanitize-rec
 TSAN     := $(call accepts,-fsanitize=thread -pthread)
 CFLAGS   ?= -O3 $(NATIVE)
 WARN     := -std=c11 -Wall -Wextra
-SANITIZE := -g -O1 -fno-omit-frame-pointer $(ASAN) $(SIMD)
+SANITIZE := -g -O1 -fno-omit-frame-pointer $(ASAN) $(SIMD) $(NATIVE)
 
-run: run.c babyllama.h
+run: run.c run_simd.h babyllama.h
 	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -o $@ run.c -lm
 
+# the same engine with run.c's portable kernels instead of run_simd.h's (bench/run_speed.py
+# compares the two; the tests run both)
+run_ref: run.c babyllama.h
+	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -DBL_REFERENCE -o $@ run.c -lm
+
 # the same engine under AddressSanitizer + UndefinedBehaviorSanitizer (single-threaded)
-run_debug: run.c babyllama.h
+run_debug: run.c run_simd.h babyllama.h
 	$(CC) $(WARN) $(SANITIZE) -o $@ run.c -lm
 
 debug: run_debug
@@ -41,21 +47,28 @@ debug: run_debug
 # C test programs (tests/c/*.c include run.c with -DBABYLLAMA_NO_MAIN): build/<name> is optimized
 # (the Python tests drive it), build/<name>_debug runs under ASan + UBSan, build/<name>_tsan under
 # ThreadSanitizer, without OpenMP (whose runtime is not instrumented).
-build/%: tests/c/%.c run.c babyllama.h
+build/%: tests/c/%.c run.c run_simd.h babyllama.h
 	@mkdir -p build
 	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -I. -o $@ $< -lm
 
-build/%_debug: tests/c/%.c run.c babyllama.h
+build/%_ref: tests/c/%.c run.c babyllama.h
+	@mkdir -p build
+	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -DBL_REFERENCE -I. -o $@ $< -lm
+
+build/%_debug: tests/c/%.c run.c run_simd.h babyllama.h
 	@mkdir -p build
 	$(CC) $(WARN) $(SANITIZE) -pthread -I. -o $@ $< -lm
 
-build/%_tsan: tests/c/%.c run.c babyllama.h
+build/%_tsan: tests/c/%.c run.c run_simd.h babyllama.h
 	@mkdir -p build
 	$(CC) $(WARN) -g -O1 $(TSAN) $(SIMD) -I. -o $@ $< -lm
 
-# the C unit tests, under the sanitizers (leaks and data races included)
-test-c: build/test_api_debug $(if $(TSAN),build/test_api_tsan)
+# the C unit tests, under the sanitizers (leaks and data races included), then optimized with
+# the fast kernels and with the reference kernels (two threads: the threaded paths too)
+test-c: build/test_api_debug $(if $(TSAN),build/test_api_tsan) build/test_api build/test_api_ref
 	./build/test_api_debug
+	OMP_NUM_THREADS=2 ./build/test_api
+	OMP_NUM_THREADS=2 ./build/test_api_ref
 	$(if $(TSAN),./build/test_api_tsan,@echo "test-c: no ThreadSanitizer runtime here: data-race run skipped")
 	$(if $(ASAN),,@echo "test-c: no AddressSanitizer runtime here: ran without sanitizers")
 
@@ -70,7 +83,7 @@ FUZZ_TARGETS := checkpoint tokenizer encode cli
 FUZZ_FLAGS   := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 FUZZ_OPTS    := -timeout=10 -rss_limit_mb=2048 -close_fd_mask=3 -print_final_stats=1
 
-build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h run.c babyllama.h
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h run.c run_simd.h babyllama.h
 	@mkdir -p build/fuzz
 	@command -v $(FUZZ_CC) >/dev/null || { echo "error: make fuzz needs clang with libFuzzer (apt-get install -y clang)" >&2; exit 1; }
 	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< -lm
@@ -94,11 +107,11 @@ fuzz: fuzz-regress
 # ---- valgrind: the C API tests built without sanitizers, and one generation of ./run ------------
 VALGRIND := valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible --quiet
 
-build/test_api_plain: tests/c/test_api.c run.c babyllama.h
+build/test_api_plain: tests/c/test_api.c run.c run_simd.h babyllama.h
 	@mkdir -p build
 	$(CC) $(WARN) -g -O1 $(SIMD) -pthread -I. -o $@ $< -lm
 
-build/run_plain: run.c babyllama.h
+build/run_plain: run.c run_simd.h babyllama.h
 	@mkdir -p build
 	$(CC) $(WARN) -g -O1 $(SIMD) -o $@ run.c -lm
 
@@ -125,7 +138,7 @@ venv: $(VENV)/.installed
 
 # The bindings' extension (pip install -e . compiled it first) is recompiled in place whenever the
 # engine changes, so `import babyllama` always runs the current run.c.
-build/.bindings: run.c babyllama.h babyllama/_build.py $(VENV)/.installed
+build/.bindings: run.c run_simd.h babyllama.h babyllama/_build.py $(VENV)/.installed
 	@mkdir -p build
 	$(PY) babyllama/_build.py
 	touch $@
@@ -146,4 +159,4 @@ test: all test-c run_debug $(VENV)/.installed build/.bindings
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf run run_debug build *.egg-info babyllama/*.so babyllama/_babyllama.c
+	rm -rf run run_ref run_debug build *.egg-info babyllama/*.so babyllama/_babyllama.c

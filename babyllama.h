@@ -85,6 +85,12 @@ void bl_state_free(bl_state *s);
  * the next call; NULL if token or pos is out of range. */
 float *bl_forward(bl_state *s, int token, int pos);
 
+/* Run ids[0 .. n-1] at positions pos .. pos+n-1 (prompt processing: the weights are read once
+ * for many tokens, not once per token) and return the logits of the last one, owned by s and
+ * overwritten by the next call; NULL if n < 1 or a token or position is out of range. The KV
+ * cache and the logits equal those of n bl_forward calls. */
+float *bl_prefill(bl_state *s, const int *ids, int n, int pos);
+
 /* Logits for every position of ids[0 .. n-1] (positions 0 .. n-1, n <= seq_len) into
  * out[n * vocab_size], row by row. */
 int bl_logits(bl_state *s, const int *ids, int n, float *out, char *err, size_t errlen);

@@ -280,7 +280,9 @@ void bl_model_close(bl_model *m) {
 bl_config bl_model_config(const bl_model *m) { return m->cfg; }
 
 // ----------------------------------------------------------------------------------------------
-// kernels: the few loops all the time goes into
+// kernels: the few loops all the time goes into. These are the reference versions: plain C that
+// any compiler builds. run_simd.h replaces the matrix kernels with vectorized ones when the build
+// targets AVX-512 (make's -march=native) and BL_REFERENCE is not defined.
 
 // An fp32 value stored at any byte address (Q8_0 scales follow int8 blocks of any length).
 static float load_f32(const char *p) {
@@ -313,18 +315,18 @@ static void softmax(float *x, int n) {
     for (int i = 0; i < n; i++) x[i] /= sum;
 }
 
-// Below this many multiply-adds a parallel loop costs more in thread wake-ups than it saves.
-#define PARALLEL_MIN_WORK (1L << 16)
-
-// y[d] = W[d, n] x[n], fp32
-static void matmul(float *y, const float *x, const float *w, int n, int d) {
-    #pragma omp parallel for if ((long)n * d >= PARALLEL_MIN_WORK)
-    for (int i = 0; i < d; i++) {
+// y[b, i] = W[i, :] . x[b, :] for rows i0 <= i < i1 of W[d, n] and the B rows of x[B, n] (fp32).
+// One weight row serves all B activation rows while it is in cache.
+static void rows_f32(float *y, const float *x, const float *w, int n, int d, int i0, int i1, int B) {
+    for (int i = i0; i < i1; i++) {
         const float *row = w + (size_t)i * n;
-        float val = 0.0f;
-        #pragma omp simd reduction(+:val)
-        for (int j = 0; j < n; j++) val += row[j] * x[j];
-        y[i] = val;
+        for (int b = 0; b < B; b++) {
+            const float *xb = x + (size_t)b * n;
+            float val = 0.0f;
+            #pragma omp simd reduction(+:val)
+            for (int j = 0; j < n; j++) val += row[j] * xb[j];
+            y[(size_t)b * d + i] = val;
+        }
     }
 }
 
@@ -345,29 +347,49 @@ static void quantize(int8_t *q, float *s, const float *x, int n, int gs) {
     }
 }
 
-// y[d] = W[d, n] x[n] with int8 W (scales ws, one per gs) and int8 x (scales xs): int32 sums per group.
-static void matmul_q8(float *y, const int8_t *xq, const float *xs, const int8_t *wq, const char *ws,
-                      int n, int d, int gs) {
-    #pragma omp parallel for if ((long)n * d >= PARALLEL_MIN_WORK)
-    for (int i = 0; i < d; i++) {
+// rows_f32 for int8: W's rows are int8 with one fp32 scale per gs values (scales ws, row after
+// row), x's B rows are int8 (xq[B, n]) with scales xs[B, n / gs]: int32 sums per group.
+static void rows_q8(float *y, const int8_t *xq, const float *xs, const int8_t *wq, const char *ws,
+                    int n, int d, int gs, int i0, int i1, int B) {
+    for (int i = i0; i < i1; i++) {
         const int8_t *row = wq + (size_t)i * n;
         const char *rs = ws + (size_t)i * (n / gs) * 4;
-        float val = 0.0f;
-        for (int g = 0; g < n / gs; g++) {
-            int32_t ival = 0;
-            #pragma omp simd reduction(+:ival)
-            for (int k = 0; k < gs; k++) ival += (int32_t)xq[g * gs + k] * (int32_t)row[g * gs + k];
-            val += (float)ival * load_f32(rs + 4 * (size_t)g) * xs[g];
+        for (int b = 0; b < B; b++) {
+            const int8_t *xb = xq + (size_t)b * n;
+            const float *sb = xs + (size_t)b * (n / gs);
+            float val = 0.0f;
+            for (int g = 0; g < n / gs; g++) {
+                int32_t ival = 0;
+                #pragma omp simd reduction(+:ival)
+                for (int k = 0; k < gs; k++) ival += (int32_t)xb[g * gs + k] * (int32_t)row[g * gs + k];
+                val += (float)ival * load_f32(rs + 4 * (size_t)g) * sb[g];
+            }
+            y[(size_t)b * d + i] = val;
         }
-        y[i] = val;
     }
 }
 
-// Rotate each pair (v[i], v[i+1]) of every head by pos * 10000^(-(i % head_size) / head_size): RoPE.
-static void rope(float *v, int n, int head_size, int pos) {
+#if defined(__AVX512F__) && !defined(BL_REFERENCE)
+#include "run_simd.h"  // rows_f32_fast, rows_q8_fast (AVX-512, VNNI)
+#else
+#define rows_f32_fast rows_f32
+#define rows_q8_fast rows_q8
+#endif
+
+// cos and sin of RoPE's angle pos * 10000^(-i / head_size) for each pair (i, i+1) of a head:
+// cs[i] = cos, cs[i+1] = sin. The same for every layer, and for queries and keys.
+static void rope_table(float *cs, int head_size, int pos) {
+    for (int i = 0; i < head_size; i += 2) {
+        float freq = 1.0f / powf(10000.0f, (float)i / (float)head_size);
+        float angle = pos * freq;
+        cs[i] = cosf(angle), cs[i + 1] = sinf(angle);
+    }
+}
+
+// Rotate each pair (v[i], v[i+1]) of every head of v[n] by its angle (cs from rope_table): RoPE.
+static void rope(float *v, int n, int head_size, const float *cs) {
     for (int i = 0; i < n; i += 2) {
-        float freq = 1.0f / powf(10000.0f, (float)(i % head_size) / (float)head_size);
-        float angle = pos * freq, c = cosf(angle), s = sinf(angle);
+        float c = cs[i % head_size], s = cs[i % head_size + 1];
         float a = v[i], b = v[i + 1];
         v[i] = a * c - b * s;
         v[i + 1] = a * s + b * c;
@@ -375,54 +397,67 @@ static void rope(float *v, int n, int head_size, int pos) {
 }
 
 // SwiGLU: h1 = silu(h1) * h3
-static void swiglu(float *h1, const float *h3, int n) {
-    for (int i = 0; i < n; i++) h1[i] = h1[i] / (1.0f + expf(-h1[i])) * h3[i];
+static void swiglu(float *h1, const float *h3, size_t n) {
+    for (size_t i = 0; i < n; i++) h1[i] = h1[i] / (1.0f + expf(-h1[i])) * h3[i];
 }
 
-static void add(float *x, const float *y, int n) {
-    for (int i = 0; i < n; i++) x[i] += y[i];
+static void add(float *x, const float *y, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 
 // ----------------------------------------------------------------------------------------------
-// forward
+// forward: one pass carries B rows (tokens). Each row has its own position and its own KV cache
+// (sequence), so the same code runs one token (decoding), a whole prompt (prefill: one sequence,
+// consecutive positions) and many stories at once (one sequence per row). Every weight matrix is
+// read once per pass, whatever B is: that is what makes prompts and batches fast.
 
 struct bl_state {
     const bl_model *m;
-    float *x;                        // [D] the residual stream
-    float *xb, *xb2;                 // [D] scratch: normed input, attention output, branch output
-    float *hb, *hb2;                 // [H] feed-forward scratch
-    float *q;                        // [D] the query
-    float *att;                      // [n_heads, seq_len] attention weights
-    float *logits;                   // [V]
-    float *key_cache, *value_cache;  // [L, seq_len, KV]
-    int8_t *xq;                      // [max(D, H)] activations quantized for int8 matmuls (version 2)
-    float *xs;                       // [max(D, H) / gs] their scales
+    int rows;                        // most rows one pass carries
+    int n_seq, n_pos;                // KV caches held, and positions in each
+    float *x;                        // [rows, D] the residual stream
+    float *xb, *xb2;                 // [rows, D] scratch: normed input, attention output, branch output
+    float *hb, *hb2;                 // [rows, H] feed-forward scratch
+    float *q, *k, *v;                // [rows, D], [rows, KV], [rows, KV] this pass's queries, keys, values
+    float *att;                      // [rows, n_heads, n_pos] attention weights
+    float *rope;                     // [rows, head_size] RoPE's cos, sin at each row's position
+    float *logits;                   // [rows, V]
+    float *key_cache, *value_cache;  // [n_seq, L, n_pos, KV]
+    int8_t *xq;                      // [rows, max(D, H)] activations quantized for int8 matmuls (version 2)
+    float *xs;                       // [rows, max(D, H) / gs] their scales
+    const int *pos, *seq;            // the current pass: row b is at position pos[b] of sequence seq[b]
 };
 
 static int kv_dim(const bl_config *p) { return p->n_kv_heads * (p->dim / p->n_heads); }
 
-int bl_state_new(const bl_model *m, bl_state **out, char *err, size_t errlen) {
-    if (!out || !m) return fail(err, errlen, BL_ERR_ARG, "bl_state_new: NULL argument");
-    *out = NULL;
+#define PREFILL_ROWS 32  // rows per pass of bl_state_new's states: prompts go through 32 at a time
+
+// A state for passes of up to `rows` rows over `n_seq` sequences of `n_pos` positions.
+static int state_new(const bl_model *m, int rows, int n_seq, int n_pos, bl_state **out, char *err, size_t errlen) {
     const bl_config *p = &m->cfg;
-    uint64_t kv, kv_bytes;  // the cache is the one size the file does not bound: check it
-    if (mul_overflows((uint64_t)p->n_layers * (uint64_t)p->seq_len, (uint64_t)kv_dim(p), &kv) ||
-        mul_overflows(kv, sizeof(float), &kv_bytes) || kv_bytes > SIZE_MAX / 2)
-        return fail(err, errlen, BL_ERR_NOMEM, "KV cache of %d layers x %d positions does not fit in memory",
-                    p->n_layers, p->seq_len);
-    int nq = p->dim > p->hidden_dim ? p->dim : p->hidden_dim;
+    uint64_t kv, kv_bytes, att;  // the cache is the one size the file does not bound: check it
+    if (mul_overflows((uint64_t)p->n_layers * (uint64_t)n_pos, (uint64_t)kv_dim(p), &kv) ||
+        mul_overflows(kv, (uint64_t)n_seq, &kv) || mul_overflows(kv, sizeof(float), &kv_bytes) ||
+        kv_bytes > SIZE_MAX / 2 || mul_overflows((uint64_t)rows * (uint64_t)p->n_heads, (uint64_t)n_pos, &att) ||
+        att > SIZE_MAX / sizeof(float))
+        return fail(err, errlen, BL_ERR_NOMEM, "KV cache of %d layers x %d positions x %d sequences does not fit in memory",
+                    p->n_layers, n_pos, n_seq);
+    size_t D = (size_t)p->dim, H = (size_t)p->hidden_dim, R = (size_t)rows, KV = (size_t)kv_dim(p);
+    size_t nq = D > H ? D : H;
     bl_state *s = calloc(1, sizeof *s);
     if (!s) return fail(err, errlen, BL_ERR_NOMEM, "out of memory for the state");
-    s->m = m;
-    s->x = calloc(p->dim, sizeof(float)), s->xb = calloc(p->dim, sizeof(float));
-    s->xb2 = calloc(p->dim, sizeof(float)), s->q = calloc(p->dim, sizeof(float));
-    s->hb = calloc(p->hidden_dim, sizeof(float)), s->hb2 = calloc(p->hidden_dim, sizeof(float));
-    s->att = calloc((size_t)p->n_heads * p->seq_len, sizeof(float));
-    s->logits = calloc(p->vocab_size, sizeof(float));
+    s->m = m, s->rows = rows, s->n_seq = n_seq, s->n_pos = n_pos;
+    s->x = calloc(R * D, sizeof(float)), s->xb = calloc(R * D, sizeof(float));
+    s->xb2 = calloc(R * D, sizeof(float)), s->q = calloc(R * D, sizeof(float));
+    s->k = calloc(R * KV, sizeof(float)), s->v = calloc(R * KV, sizeof(float));
+    s->hb = calloc(R * H, sizeof(float)), s->hb2 = calloc(R * H, sizeof(float));
+    s->att = calloc((size_t)att, sizeof(float));
+    s->rope = calloc(R * (D / p->n_heads), sizeof(float));
+    s->logits = calloc(R * (size_t)p->vocab_size, sizeof(float));
     s->key_cache = calloc(kv, sizeof(float)), s->value_cache = calloc(kv, sizeof(float));
-    s->xq = calloc(nq, 1), s->xs = calloc(nq, sizeof(float));
-    if (!s->x || !s->xb || !s->xb2 || !s->q || !s->hb || !s->hb2 || !s->att || !s->logits ||
-        !s->key_cache || !s->value_cache || !s->xq || !s->xs) {
+    s->xq = calloc(R * nq, 1), s->xs = calloc(R * nq, sizeof(float));
+    if (!s->x || !s->xb || !s->xb2 || !s->q || !s->k || !s->v || !s->hb || !s->hb2 || !s->att || !s->rope ||
+        !s->logits || !s->key_cache || !s->value_cache || !s->xq || !s->xs) {
         bl_state_free(s);
         return fail(err, errlen, BL_ERR_NOMEM, "out of memory for the state (KV cache %llu bytes x 2)",
                     (unsigned long long)kv_bytes);
@@ -431,22 +466,54 @@ int bl_state_new(const bl_model *m, bl_state **out, char *err, size_t errlen) {
     return BL_OK;
 }
 
+int bl_state_new(const bl_model *m, bl_state **out, char *err, size_t errlen) {
+    if (!out || !m) return fail(err, errlen, BL_ERR_ARG, "bl_state_new: NULL argument");
+    *out = NULL;
+    int rows = m->cfg.seq_len < PREFILL_ROWS ? m->cfg.seq_len : PREFILL_ROWS;
+    return state_new(m, rows, 1, m->cfg.seq_len, out, err, errlen);
+}
+
 void bl_state_free(bl_state *s) {
     if (!s) return;
-    free(s->x), free(s->xb), free(s->xb2), free(s->q), free(s->hb), free(s->hb2), free(s->att);
-    free(s->logits), free(s->key_cache), free(s->value_cache), free(s->xq), free(s->xs);
+    free(s->x), free(s->xb), free(s->xb2), free(s->q), free(s->k), free(s->v), free(s->hb), free(s->hb2);
+    free(s->att), free(s->rope), free(s->logits), free(s->key_cache), free(s->value_cache);
+    free(s->xq), free(s->xs);
     free(s);
 }
 
-// y = W x for layer l's matrix; int8 weights first quantize x per group, like llama2.c's runq.
-static void matvec(bl_state *s, float *y, const Tensor *w, int l, const float *x) {
-    if (!w->gs) {
-        matmul(y, x, f32(w, l), w->cols, w->rows);
-        return;
+// Below this many multiply-adds a parallel loop costs more in thread wake-ups than it saves.
+#define PARALLEL_MIN_WORK (1L << 16)
+#define BLOCK 16  // rows of W per unit of parallel work (a multiple of every kernel's row tile)
+
+// One matrix product of a pass: y[b, :] = W_l x[b, :] for the pass's B rows.
+typedef struct {
+    float *y;
+    const Tensor *w;
+} MatJob;
+
+// Run the jobs (matrices of the same input width, like Q, K and V) on the same B input rows, in
+// one parallel loop over blocks of rows: one fork and join for all of them. int8 weights first
+// quantize x per group, like llama2.c's runq. Which thread computes a row never changes its value.
+static void matmuls(bl_state *s, int l, const float *x, int B, const MatJob *jobs, int n_jobs) {
+    int n = jobs[0].w->cols, gs = jobs[0].w->gs, blocks = 0, first[4];
+    long work = 0;
+    if (gs)
+        for (int b = 0; b < B; b++) quantize(s->xq + (size_t)b * n, s->xs + (size_t)b * (n / gs), x + (size_t)b * n, n, gs);
+    for (int j = 0; j < n_jobs; j++) {
+        first[j] = blocks;
+        blocks += (jobs[j].w->rows + BLOCK - 1) / BLOCK;
+        work += (long)jobs[j].w->rows * n * B;
     }
-    const char *base = w->p + (size_t)l * w->stride;
-    quantize(s->xq, s->xs, x, w->cols, w->gs);
-    matmul_q8(y, s->xq, s->xs, (const int8_t *)base, base + (size_t)w->rows * w->cols, w->cols, w->rows, w->gs);
+    #pragma omp parallel for schedule(static) if (work >= PARALLEL_MIN_WORK)
+    for (int k = 0; k < blocks; k++) {
+        int j = n_jobs - 1;
+        while (first[j] > k) j--;
+        const Tensor *w = jobs[j].w;
+        const char *base = w->p + (size_t)l * w->stride;
+        int i0 = (k - first[j]) * BLOCK, i1 = i0 + BLOCK < w->rows ? i0 + BLOCK : w->rows;
+        if (!gs) rows_f32_fast(jobs[j].y, x, (const float *)(const void *)base, n, w->rows, i0, i1, B);
+        else rows_q8_fast(jobs[j].y, s->xq, s->xs, (const int8_t *)base, base + (size_t)w->rows * n, n, w->rows, gs, i0, i1, B);
+    }
 }
 
 // x = the embedding row of token (int8 rows are dequantized on the fly: no fp32 copy of the table)
@@ -461,18 +528,28 @@ static void embed(float *x, const Tensor *e, int token) {
     for (int i = 0; i < e->cols; i++) x[i] = q[at + i] * load_f32(scales + (at + i) / e->gs * 4);
 }
 
-// s->xb = attention of s->q over positions 0..pos of layer l's cache, head by head.
-// Query head h reads key/value head h / (n_heads / n_kv_heads): grouped-query attention.
-static void attention(bl_state *s, int l, int pos) {
+// Layer l's key (value) cache row of position pos in sequence seq.
+static float *cache_row(const bl_state *s, float *cache, int seq, int l, int pos) {
+    const bl_config *p = &s->m->cfg;
+    return cache + (((size_t)seq * p->n_layers + l) * s->n_pos + pos) * kv_dim(p);
+}
+
+// s->xb = attention of each row's query over positions 0..pos of its sequence's layer-l cache,
+// head by head. Query head h reads key/value head h / (n_heads / n_kv_heads): grouped-query attention.
+static void attention(bl_state *s, int l, int B) {
     const bl_config *p = &s->m->cfg;
     int hs = p->dim / p->n_heads, KV = kv_dim(p), group = p->n_heads / p->n_kv_heads;
-    size_t loff = (size_t)l * p->seq_len * KV;
-    #pragma omp parallel for if ((long)p->dim * (pos + 1) >= PARALLEL_MIN_WORK)
-    for (int h = 0; h < p->n_heads; h++) {
-        const float *q = s->q + (size_t)h * hs;
-        float *att = s->att + (size_t)h * p->seq_len, *xb = s->xb + (size_t)h * hs;
+    long work = 0;
+    for (int b = 0; b < B; b++) work += (long)p->dim * (s->pos[b] + 1);
+    #pragma omp parallel for if (work >= PARALLEL_MIN_WORK)
+    for (int bh = 0; bh < B * p->n_heads; bh++) {
+        int b = bh / p->n_heads, h = bh % p->n_heads, pos = s->pos[b];
+        const float *q = s->q + (size_t)b * p->dim + (size_t)h * hs;
+        const float *keys = cache_row(s, s->key_cache, s->seq[b], l, 0) + (size_t)(h / group) * hs;
+        const float *values = cache_row(s, s->value_cache, s->seq[b], l, 0) + (size_t)(h / group) * hs;
+        float *att = s->att + (size_t)bh * s->n_pos, *xb = s->xb + (size_t)b * p->dim + (size_t)h * hs;
         for (int t = 0; t <= pos; t++) {
-            const float *k = s->key_cache + loff + (size_t)t * KV + (size_t)(h / group) * hs;
+            const float *k = keys + (size_t)t * KV;
             float score = 0.0f;
             for (int i = 0; i < hs; i++) score += q[i] * k[i];
             att[t] = score / sqrtf((float)hs);
@@ -480,63 +557,112 @@ static void attention(bl_state *s, int l, int pos) {
         softmax(att, pos + 1);
         memset(xb, 0, (size_t)hs * sizeof(float));
         for (int t = 0; t <= pos; t++) {
-            const float *v = s->value_cache + loff + (size_t)t * KV + (size_t)(h / group) * hs;
+            const float *v = values + (size_t)t * KV;
             for (int i = 0; i < hs; i++) xb[i] += att[t] * v[i];
         }
     }
 }
 
-// One transformer block: attention then feed-forward, each added to the residual stream.
-static void block(bl_state *s, int l, int pos) {
+// One transformer block over the pass's B rows: attention then feed-forward, each added to the
+// residual stream.
+static void block(bl_state *s, int l, int B) {
     const bl_config *p = &s->m->cfg;
     const Weights *w = &s->m->w;
-    int D = p->dim, KV = kv_dim(p), hs = D / p->n_heads;
-    size_t at = ((size_t)l * p->seq_len + pos) * KV;
-    float *k = s->key_cache + at, *v = s->value_cache + at;  // this position's cache rows
-    rmsnorm(s->xb, s->x, f32(&w->rms_att, l), D);
-    matvec(s, s->q, &w->wq, l, s->xb);
-    matvec(s, k, &w->wk, l, s->xb);
-    matvec(s, v, &w->wv, l, s->xb);
-    rope(s->q, D, hs, pos);
-    rope(k, KV, hs, pos);
-    attention(s, l, pos);
-    matvec(s, s->xb2, &w->wo, l, s->xb);
-    add(s->x, s->xb2, D);
-    rmsnorm(s->xb, s->x, f32(&w->rms_ffn, l), D);
-    matvec(s, s->hb, &w->w1, l, s->xb);
-    matvec(s, s->hb2, &w->w3, l, s->xb);
-    swiglu(s->hb, s->hb2, p->hidden_dim);
-    matvec(s, s->xb2, &w->w2, l, s->hb);
-    add(s->x, s->xb2, D);
+    size_t D = (size_t)p->dim, H = (size_t)p->hidden_dim, KV = (size_t)kv_dim(p);
+    int hs = p->dim / p->n_heads;
+    for (int b = 0; b < B; b++) rmsnorm(s->xb + b * D, s->x + b * D, f32(&w->rms_att, l), (int)D);
+    MatJob qkv[3] = {{s->q, &w->wq}, {s->k, &w->wk}, {s->v, &w->wv}};
+    matmuls(s, l, s->xb, B, qkv, 3);
+    for (int b = 0; b < B; b++) {  // rotate, then store this position's key and value in the cache
+        const float *cs = s->rope + (size_t)b * hs;
+        rope(s->q + b * D, (int)D, hs, cs);
+        rope(s->k + b * KV, (int)KV, hs, cs);
+        memcpy(cache_row(s, s->key_cache, s->seq[b], l, s->pos[b]), s->k + b * KV, KV * sizeof(float));
+        memcpy(cache_row(s, s->value_cache, s->seq[b], l, s->pos[b]), s->v + b * KV, KV * sizeof(float));
+    }
+    attention(s, l, B);
+    MatJob o[1] = {{s->xb2, &w->wo}};
+    matmuls(s, l, s->xb, B, o, 1);
+    add(s->x, s->xb2, B * D);
+    for (int b = 0; b < B; b++) rmsnorm(s->xb + b * D, s->x + b * D, f32(&w->rms_ffn, l), (int)D);
+    MatJob up[2] = {{s->hb, &w->w1}, {s->hb2, &w->w3}};
+    matmuls(s, l, s->xb, B, up, 2);
+    swiglu(s->hb, s->hb2, B * H);
+    MatJob down[1] = {{s->xb2, &w->w2}};
+    matmuls(s, l, s->hb, B, down, 1);
+    add(s->x, s->xb2, B * D);
+}
+
+// One pass: row b runs token tok[b] at position pos[b] of sequence seq[b], whose earlier positions
+// are in the KV cache (rows of one sequence in one pass must have consecutive positions, in
+// order). Returns the logits [B, V] (all_logits) or only the last row's (at s->logits).
+static float *forward_rows(bl_state *s, int B, const int *tok, const int *pos, const int *seq, int all_logits) {
+    const bl_model *m = s->m;
+    const bl_config *p = &m->cfg;
+    size_t D = (size_t)p->dim;
+    int hs = p->dim / p->n_heads;
+    s->pos = pos, s->seq = seq;
+    for (int b = 0; b < B; b++) {
+        embed(s->x + b * D, &m->w.tok_emb, tok[b]);
+        rope_table(s->rope + (size_t)b * hs, hs, pos[b]);
+    }
+    for (int l = 0; l < p->n_layers; l++) block(s, l, B);
+    int first = all_logits ? 0 : B - 1;
+    for (int b = first; b < B; b++) rmsnorm(s->xb + (b - first) * D, s->x + b * D, f32(&m->w.rms_final, 0), (int)D);
+    MatJob cls[1] = {{s->logits, &m->w.wcls}};
+    matmuls(s, 0, s->xb, B - first, cls, 1);
+    return s->logits;
 }
 
 // Logits for token at pos, given the KV cache of positions 0..pos-1.
 static float *forward(bl_state *s, int token, int pos) {
-    const bl_model *m = s->m;
-    embed(s->x, &m->w.tok_emb, token);
-    for (int l = 0; l < m->cfg.n_layers; l++) block(s, l, pos);
-    rmsnorm(s->x, s->x, f32(&m->w.rms_final, 0), m->cfg.dim);
-    matvec(s, s->logits, &m->w.wcls, 0, s->x);
-    return s->logits;
+    static const int seq0 = 0;
+    return forward_rows(s, 1, &token, &pos, &seq0, 1);
 }
 
 float *bl_forward(bl_state *s, int token, int pos) {
-    if (!s || token < 0 || token >= s->m->cfg.vocab_size || pos < 0 || pos >= s->m->cfg.seq_len) return NULL;
+    if (!s || token < 0 || token >= s->m->cfg.vocab_size || pos < 0 || pos >= s->n_pos) return NULL;
     return forward(s, token, pos);
+}
+
+// Tokens ids[0..n-1] at positions pos0.. of sequence 0, s->rows per pass; with out, every
+// position's logits are copied there, row by row.
+static float *forward_seq(bl_state *s, const int *ids, int n, int pos0, float *out) {
+    int pos[PREFILL_ROWS], seq[PREFILL_ROWS] = {0};
+    size_t V = (size_t)s->m->cfg.vocab_size;
+    float *logits = NULL;
+    for (int at = 0; at < n; at += s->rows) {
+        int B = n - at < s->rows ? n - at : s->rows;
+        for (int b = 0; b < B; b++) pos[b] = pos0 + at + b;
+        logits = forward_rows(s, B, ids + at, pos, seq, out != NULL);
+        if (out) memcpy(out + (size_t)at * V, logits, (size_t)B * V * sizeof(float));
+    }
+    return out ? logits + (size_t)(((n - 1) % s->rows)) * V : logits;
+}
+
+// Token ids and positions of a call from outside: checked before any work.
+static int check_ids(const bl_state *s, const int *ids, int n, int pos0, char *err, size_t errlen) {
+    const bl_config *p = &s->m->cfg;
+    if (n < 0 || pos0 < 0 || n > s->n_pos - pos0)
+        return fail(err, errlen, BL_ERR_ARG, "%d tokens from position %d do not fit in the context of %d positions",
+                    n, pos0, s->n_pos);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= p->vocab_size)
+            return fail(err, errlen, BL_ERR_ARG, "token %d at position %d is outside the vocabulary (0..%d)",
+                        ids[i], pos0 + i, p->vocab_size - 1);
+    return BL_OK;
+}
+
+float *bl_prefill(bl_state *s, const int *ids, int n, int pos) {
+    if (!s || !ids || n < 1 || check_ids(s, ids, n, pos, NULL, 0) != BL_OK) return NULL;
+    return forward_seq(s, ids, n, pos, NULL);
 }
 
 int bl_logits(bl_state *s, const int *ids, int n, float *out, char *err, size_t errlen) {
     if (!s || !ids || !out) return fail(err, errlen, BL_ERR_ARG, "bl_logits: NULL argument");
-    const bl_config *p = &s->m->cfg;
-    if (n < 0 || n > p->seq_len)
-        return fail(err, errlen, BL_ERR_ARG, "%d tokens do not fit in the context of %d positions", n, p->seq_len);
-    for (int i = 0; i < n; i++)
-        if (ids[i] < 0 || ids[i] >= p->vocab_size)
-            return fail(err, errlen, BL_ERR_ARG, "token %d at position %d is outside the vocabulary (0..%d)",
-                        ids[i], i, p->vocab_size - 1);
-    for (int i = 0; i < n; i++)
-        memcpy(out + (size_t)i * p->vocab_size, forward(s, ids[i], i), (size_t)p->vocab_size * sizeof(float));
-    return BL_OK;
+    int rc = check_ids(s, ids, n, 0, err, errlen);
+    if (rc == BL_OK && n > 0) forward_seq(s, ids, n, 0, out);
+    return rc;
 }
 
 // ----------------------------------------------------------------------------------------------

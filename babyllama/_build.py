@@ -96,7 +96,7 @@ ffibuilder.set_source(
     "babyllama._babyllama",
     '#define BABYLLAMA_NO_MAIN\n#include "run.c"\n' + SHIM,
     include_dirs=[str(ROOT)],
-    depends=[str(ROOT / "run.c"), str(ROOT / "babyllama.h")],
+    depends=[str(ROOT / "run.c"), str(ROOT / "run_simd.h"), str(ROOT / "babyllama.h")],
     extra_compile_args=_cflags,
     extra_link_args=_ldflags,
     libraries=["m"],

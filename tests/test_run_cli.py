@@ -11,7 +11,7 @@ import pytest
 
 from conftest import AIDREAMS, ROOT, need
 
-BINARIES = ["run", "run_debug"]
+BINARIES = ["run", "run_ref", "run_debug"]  # fast kernels, reference kernels, sanitizers
 GOLDEN = [
     ("expected_greedy_n128.txt", ["-t", "0", "-n", "128"]),
     ("expected_greedy_n64_prompt_I_dreamed.txt", ["-t", "0", "-n", "64", "-i", "I dreamed"]),
@@ -21,7 +21,7 @@ GOLDEN = [
 
 @pytest.fixture(scope="module", autouse=True)
 def built():
-    subprocess.run(["make", "-s", "run", "run_debug"], cwd=ROOT, check=True)
+    subprocess.run(["make", "-s", "run", "run_ref", "run_debug"], cwd=ROOT, check=True)
 
 
 def run(binary, *args, stdin=subprocess.DEVNULL):
