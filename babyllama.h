@@ -95,6 +95,16 @@ float *bl_prefill(bl_state *s, const int *ids, int n, int pos);
  * out[n * vocab_size], row by row. */
 int bl_logits(bl_state *s, const int *ids, int n, float *out, char *err, size_t errlen);
 
+/* Tell n stories at once, each exactly as run's generate loop (and bl_forward + bl_sample) would
+ * tell it alone: story i forces prompts[i][0 .. prompt_lens[i]-1] (BOS first, as bl_encode gives
+ * it), then samples with its own sampler (temperature, top_p, top_k as bl_sampler_new, seed
+ * seeds[i]) until BOS (not kept), EOS (kept), max_new new tokens, or the end of the context.
+ * Its new tokens go to tokens[i * max_new ...], their count to n_tokens[i]. One forward pass per
+ * step carries every story still running, so the weights are read once per step for all of them. */
+int bl_generate_batch(const bl_model *m, int n, const int *const *prompts, const int *prompt_lens,
+                      int max_new, float temperature, float top_p, int top_k,
+                      const unsigned long long *seeds, int *tokens, int *n_tokens, char *err, size_t errlen);
+
 /* A sampler over `vocab_size` logits: temperature 0 = argmax; else softmax(logits / temperature),
  * then top-k (0: off) and top-p (<= 0 or >= 1: off) as llama2.c, coins from llama2.c's xorshift*
  * RNG seeded with `seed` (must be nonzero: the RNG is stuck at 0). */

@@ -1017,7 +1017,72 @@ int bl_sample(bl_sampler *s, float *logits) {
 }
 
 // ----------------------------------------------------------------------------------------------
-// generation (the CLI's loops; the bindings have their own on top of the API)
+// generation (many stories at once for the API; the CLI's loops; the bindings have their own
+// single-story loop on top of the API)
+
+// One story of a batch: the CLI's loop state.
+typedef struct {
+    const int *prompt;
+    int n_prompt, steps;  // positions this story runs: prompt + new tokens, within the context
+    int pos, token, done;
+    bl_sampler *sampler;
+} Story;
+
+int bl_generate_batch(const bl_model *m, int n, const int *const *prompts, const int *prompt_lens,
+                      int max_new, float temperature, float top_p, int top_k,
+                      const unsigned long long *seeds, int *tokens, int *n_tokens, char *err, size_t errlen) {
+    if (!m || !prompts || !prompt_lens || !seeds || !tokens || !n_tokens)
+        return fail(err, errlen, BL_ERR_ARG, "bl_generate_batch: NULL argument");
+    const bl_config *p = &m->cfg;
+    if (n < 1 || max_new < 0) return fail(err, errlen, BL_ERR_ARG, "bl_generate_batch: n %d must be >= 1, max_new %d >= 0", n, max_new);
+    int n_pos = 1;
+    for (int i = 0; i < n; i++) {
+        if (!prompts[i] || prompt_lens[i] < 1 || prompt_lens[i] > p->seq_len)
+            return fail(err, errlen, BL_ERR_ARG, "prompt %d: %d tokens, need 1 to the context of %d", i, prompt_lens[i], p->seq_len);
+        for (int j = 0; j < prompt_lens[i]; j++)
+            if (prompts[i][j] < 0 || prompts[i][j] >= p->vocab_size)
+                return fail(err, errlen, BL_ERR_ARG, "prompt %d: token %d at position %d is outside the vocabulary (0..%d)",
+                            i, prompts[i][j], j, p->vocab_size - 1);
+        long steps = (long)prompt_lens[i] - 1 + max_new;
+        if (steps > n_pos) n_pos = steps < p->seq_len ? (int)steps : p->seq_len;
+    }
+    Story *st = calloc((size_t)n, sizeof *st);
+    int *tok = calloc((size_t)n, sizeof(int)), *pos = calloc((size_t)n, sizeof(int)), *seq = calloc((size_t)n, sizeof(int));
+    int *row_of = calloc((size_t)n, sizeof(int));
+    bl_state *s = NULL;
+    int rc = st && tok && pos && seq && row_of ? BL_OK : fail(err, errlen, BL_ERR_NOMEM, "out of memory for %d stories", n);
+    for (int i = 0; rc == BL_OK && i < n; i++) {
+        long steps = (long)prompt_lens[i] - 1 + max_new;
+        st[i] = (Story){prompts[i], prompt_lens[i], steps < p->seq_len ? (int)steps : p->seq_len, 0, prompts[i][0], 0, NULL};
+        n_tokens[i] = 0;
+        rc = bl_sampler_new(p->vocab_size, temperature, top_p, top_k, seeds[i], &st[i].sampler, err, errlen);
+    }
+    if (rc == BL_OK) rc = state_new(m, n, n, n_pos, &s, err, errlen);
+    for (;;) {
+        int B = 0;  // this step's rows: the stories still running
+        for (int i = 0; rc == BL_OK && i < n; i++)
+            if (!st[i].done && st[i].pos < st[i].steps) tok[B] = st[i].token, pos[B] = st[i].pos, seq[B] = i, row_of[B++] = i;
+        if (B == 0) break;
+        float *logits = forward_rows(s, B, tok, pos, seq, 1);
+        #pragma omp parallel for if ((long)B * p->vocab_size >= 4 * PARALLEL_MIN_WORK)
+        for (int b = 0; b < B; b++) {  // the CLI's loop for each story: force the prompt, then sample
+            Story *x = &st[row_of[b]];
+            int next = x->pos < x->n_prompt - 1 ? x->prompt[x->pos + 1]
+                                                : bl_sample(x->sampler, logits + (size_t)b * p->vocab_size);
+            x->pos++;
+            if (next == 1) x->done = 1;  // BOS: another story would begin
+            else {
+                if (x->pos >= x->n_prompt) tokens[(size_t)row_of[b] * max_new + n_tokens[row_of[b]]++] = next;
+                x->done = next == 2;      // EOS is kept, then the story ends
+                x->token = next;
+            }
+        }
+    }
+    for (int i = 0; st && i < n; i++) bl_sampler_free(st[i].sampler);
+    bl_state_free(s);
+    free(st), free(tok), free(pos), free(seq), free(row_of);
+    return rc;
+}
 
 #ifndef BABYLLAMA_NO_MAIN
 
@@ -1067,7 +1132,12 @@ static int generate(const bl_model *m, bl_state *st, bl_sampler *sampler, const 
         return 1;
     }
     long start = 0;
-    int token = prompt_ids[0], pos = 0;
+    int token = prompt_ids[0], pos = 0, timed_from = 0;
+    if (n_prompt > 2) {  // the prompt's forced positions in one pass (the same cache as one by one)
+        bl_prefill(st, prompt_ids, n_prompt - 1, 0);
+        for (; pos < n_prompt - 1; pos++) print_piece(m, prompt_ids[pos], prompt_ids[pos + 1]);
+        token = prompt_ids[pos];
+    }
     while (pos < steps) {
         float *logits = forward(st, token, pos);
         int next = pos < n_prompt - 1 ? prompt_ids[pos + 1] : bl_sample(sampler, logits);
@@ -1076,11 +1146,12 @@ static int generate(const bl_model *m, bl_state *st, bl_sampler *sampler, const 
         print_piece(m, token, next);
         if (next == 2) break;
         token = next;
-        if (start == 0) start = time_in_ms();  // the first step warms caches: time the rest
+        if (start == 0) start = time_in_ms(), timed_from = pos;  // the first step warms caches: time the rest
     }
     printf("\n");
     long end = time_in_ms();
-    if (pos > 1 && end > start) fprintf(stderr, "achieved tok/s: %f\n", (pos - 1) / (double)(end - start) * 1000);
+    if (pos > timed_from && start && end > start)
+        fprintf(stderr, "achieved tok/s: %f\n", (pos - timed_from) / (double)(end - start) * 1000);
     free(prompt_ids);
     return 0;
 }
@@ -1146,7 +1217,7 @@ static int chat(const bl_model *m, bl_state *st, bl_sampler *sampler, const char
 typedef struct {
     const char *checkpoint, *tokenizer, *prompt, *system_prompt, *mode;
     float temperature, top_p;
-    int top_k, steps, steps_given, threads;
+    int top_k, steps, steps_given, threads, batch;
     long long seed;
 } Options;
 
@@ -1164,6 +1235,7 @@ static void usage(FILE *f) {
                "  -m <string> mode: generate|chat, default generate\n"
                "  -y <string> system prompt in chat mode\n"
                "  -T <int>    threads (OpenMP builds), default: all cores\n"
+               "  -b <int>    stories at once (seeds -s, -s + 1, ...), printed one after another, default 1\n"
                "  -h          this help\n");
 }
 
@@ -1206,6 +1278,7 @@ static int parse_flag(Options *o, const char *flag, const char *val) {
     case 'k': if (parse_int(flag, val, 0, INT32_MAX, &v)) return 1; o->top_k = (int)v; return 0;
     case 'n': if (parse_int(flag, val, 0, INT32_MAX, &v)) return 1; o->steps = (int)v, o->steps_given = 1; return 0;
     case 'T': if (parse_int(flag, val, 1, 4096, &v)) return 1; o->threads = (int)v; return 0;
+    case 'b': if (parse_int(flag, val, 1, 4096, &v)) return 1; o->batch = (int)v; return 0;
     }
     fprintf(stderr, "error: unknown flag %s (run -h for usage)\n", flag);
     return 1;
@@ -1225,7 +1298,7 @@ static int parse_args(Options *o, int argc, char **argv) {
             fprintf(stderr, "error: expected a flag like -t, got '%s' (run -h for usage)\n", argv[i]);
             return 1;
         }
-        if (!strchr("tpsizmyknT", argv[i][1])) return parse_flag(o, argv[i], "");
+        if (!strchr("tpsizmyknTb", argv[i][1])) return parse_flag(o, argv[i], "");
         if (i + 1 >= argc) {
             fprintf(stderr, "error: flag %s needs a value (run -h for usage)\n", argv[i]);
             return 1;
@@ -1243,6 +1316,8 @@ static int check_options(Options *o) {
         return fprintf(stderr, "error: -m %s: mode must be generate or chat\n", o->mode), 1;
     if (o->system_prompt && strcmp(o->mode, "chat"))
         return fprintf(stderr, "error: -y (system prompt) needs -m chat\n"), 1;
+    if (o->batch > 1 && strcmp(o->mode, "generate"))
+        return fprintf(stderr, "error: -b (stories at once) needs -m generate\n"), 1;
 #ifndef _OPENMP
     if (o->threads > 1) return fprintf(stderr, "error: -T %d: this ./run was built without OpenMP\n", o->threads), 1;
 #endif
@@ -1261,8 +1336,39 @@ static int resolve_steps(Options *o, int seq_len) {
     return 0;
 }
 
+// -b: o->batch stories of the same prompt at once, with seeds seed, seed + 1, ...: prints what
+// `run -s seed`, `run -s seed+1`, ... would print, one after another (bl_generate_batch).
+static int generate_many(const bl_model *m, const char *prompt, int steps, const Options *o) {
+    char err[BL_ERRLEN];
+    int *ids = NULL, n_prompt = encode_prompt(m, prompt, steps, &ids), n = o->batch, rc = 1;
+    int max_new = steps - n_prompt + 1, total = 0;
+    const int **prompts = calloc((size_t)n, sizeof *prompts);
+    int *lens = calloc((size_t)n, sizeof(int)), *n_tokens = calloc((size_t)n, sizeof(int));
+    unsigned long long *seeds = calloc((size_t)n, sizeof *seeds);
+    int *tokens = calloc((size_t)n * (max_new > 0 ? max_new : 1), sizeof(int));
+    if (n_prompt > 0 && !(prompts && lens && n_tokens && seeds && tokens)) fprintf(stderr, "error: out of memory for -b %d\n", n);
+    else if (n_prompt > 0) {
+        for (int i = 0; i < n; i++) prompts[i] = ids, lens[i] = n_prompt, seeds[i] = (unsigned long long)o->seed + i;
+        long start = time_in_ms();
+        rc = bl_generate_batch(m, n, prompts, lens, max_new, o->temperature, o->top_p, o->top_k, seeds, tokens,
+                               n_tokens, err, sizeof err) != BL_OK;
+        long end = time_in_ms();
+        if (rc) fprintf(stderr, "error: %s\n", err);
+        for (int i = 0; !rc && i < n; i++) {
+            for (int j = 0; j + 1 < n_prompt; j++) print_piece(m, ids[j], ids[j + 1]);
+            for (int j = 0; j < n_tokens[i]; j++) print_piece(m, j ? tokens[(size_t)i * max_new + j - 1] : ids[n_prompt - 1],
+                                                            tokens[(size_t)i * max_new + j]);
+            printf("\n");
+            total += n_tokens[i];
+        }
+        if (!rc && end > start) fprintf(stderr, "achieved tok/s: %f (%d stories, %d new tokens)\n", total / (double)(end - start) * 1000, n, total);
+    }
+    free(ids), free(prompts), free(lens), free(n_tokens), free(seeds), free(tokens);
+    return rc;
+}
+
 int main(int argc, char **argv) {
-    Options o = {NULL, "tokenizer.bin", "", NULL, "generate", 1.0f, 0.9f, 0, 256, 0, 0, 0};
+    Options o = {NULL, "tokenizer.bin", "", NULL, "generate", 1.0f, 0.9f, 0, 256, 0, 0, 1, 0};
     int rc = parse_args(&o, argc, argv);
     if (rc) return rc == 2 ? 0 : 1;
     if (check_options(&o)) return 1;
@@ -1282,6 +1388,7 @@ int main(int argc, char **argv) {
     }
     if (rc == 0) rc = resolve_steps(&o, m->cfg.seq_len);
     if (rc == 0 && strcmp(o.mode, "chat") == 0) rc = chat(m, st, sampler, o.prompt[0] ? o.prompt : NULL, o.system_prompt, o.steps);
+    else if (rc == 0 && o.batch > 1) rc = generate_many(m, o.prompt, o.steps, &o);
     else if (rc == 0) rc = generate(m, st, sampler, o.prompt, o.steps);
     bl_sampler_free(sampler);
     bl_state_free(st);

@@ -74,8 +74,8 @@ def torch_logits(model, ids):
         return model(torch.tensor([ids]))[0][0].float().numpy()
 
 
-def c_logits(logits_bin, path, ids, vocab_size, threads=1):
-    out = subprocess.run([str(logits_bin), str(path)], input=" ".join(map(str, ids)).encode(),
+def c_logits(logits_bin, path, ids, vocab_size, threads=1, step=False):
+    out = subprocess.run([str(logits_bin), str(path)] + ["--step"] * step, input=" ".join(map(str, ids)).encode(),
                          capture_output=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     assert out.returncode == 0, out.stderr.decode()
     return np.frombuffer(out.stdout, dtype="<f4").reshape(len(ids), vocab_size)
@@ -134,3 +134,16 @@ def test_threads_give_identical_logits(logits_bin, tmp_path):
         one = c_logits(logits_bin, path, ids, args["vocab_size"], threads=1)
         two = c_logits(logits_bin, path, ids, args["vocab_size"], threads=2)
         assert np.array_equal(one, two)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_prefill_equals_token_by_token(case, version, logits_bin, tmp_path):
+    """bl_logits runs up to 32 positions per forward pass (prefill: each weight read once for all
+    of them); one bl_forward per position must give the very same logits (same kernels, same sum
+    order per row), fp32 and int8 (group 64 where the widths allow: the VNNI kernel)."""
+    args, model, ids, _ = case
+    path = tmp_path / f"v{version}.bin"
+    export.export_v1(model, path) if version == 1 else export.export_v2(model, path, 64)
+    many = c_logits(logits_bin, path, ids, args["vocab_size"], threads=2)
+    one = c_logits(logits_bin, path, ids, args["vocab_size"], threads=2, step=True)
+    assert np.array_equal(many, one), f"max diff {float(np.abs(many - one).max()):.3g}"

@@ -466,6 +466,58 @@ static void test_threads(void) {
     bl_model_close(m);
 }
 
+// Prefill (many positions in one pass) and batches (many sequences in one pass) compute exactly
+// what one bl_forward per token computes: same logits, same KV cache, same stories.
+static void test_prefill_and_batch(const char *ckpt) {
+    char err[BL_ERRLEN];
+    bl_model *m = NULL;
+    bl_state *one = NULL, *many = NULL;
+    CHECK(bl_model_open(ckpt, NULL, &m, err, sizeof err) == BL_OK, "open %s: %s", ckpt, err);
+    if (!m) return;
+    CHECK(bl_state_new(m, &one, err, sizeof err) == BL_OK && bl_state_new(m, &many, err, sizeof err) == BL_OK, "state: %s", err);
+    int ids[S] = {1, 17, 260, 262, 7, 9, 11, 13, 200, 201, 3, 4};
+    float step[S * V];
+    for (int pos = 0; pos < S; pos++) memcpy(step + pos * V, bl_forward(one, ids[pos], pos), V * sizeof(float));
+    float *last = bl_prefill(many, ids, 7, 0);  // positions 0..6 in one pass, then 7..11 in another
+    CHECK(last && memcmp(last, step + 6 * V, V * sizeof(float)) == 0, "%s: prefill's last logits differ from bl_forward's", ckpt);
+    last = bl_prefill(many, ids + 7, S - 7, 7);
+    CHECK(last && memcmp(last, step + (S - 1) * V, V * sizeof(float)) == 0, "%s: prefill from position 7 differs", ckpt);
+    float all[S * V];
+    CHECK(bl_logits(many, ids, S, all, err, sizeof err) == BL_OK && memcmp(all, step, sizeof all) == 0,
+          "%s: bl_logits differs from one bl_forward per position", ckpt);
+    CHECK(bl_prefill(many, ids, 0, 0) == NULL && bl_prefill(many, ids, S, 1) == NULL, "prefill past the context must give NULL");
+    int bad[2] = {1, V};
+    CHECK(bl_prefill(many, bad, 2, 0) == NULL, "prefill of a token out of range must give NULL");
+
+    // three stories at once (different prompts, seeds, lengths) = each one alone
+    enum { N = 3, NEW = 9 };
+    const int p0[1] = {1}, p1[3] = {1, 260, 262}, p2[2] = {1, 7};
+    const int *prompts[N] = {p0, p1, p2}, lens[N] = {1, 3, 2};
+    unsigned long long seeds[N] = {5, 6, 7};
+    int tokens[N * NEW], n_tokens[N];
+    CHECK(bl_generate_batch(m, N, prompts, lens, NEW, 1.0f, 0.9f, 0, seeds, tokens, n_tokens, err, sizeof err) == BL_OK,
+          "generate_batch: %s", err);
+    for (int i = 0; i < N; i++) {  // the CLI's loop, one story at a time
+        bl_sampler *smp = NULL;
+        bl_sampler_new(V, 1.0f, 0.9f, 0, seeds[i], &smp, err, sizeof err);
+        int tok = prompts[i][0], count = 0, same = 1, steps = lens[i] - 1 + NEW < S ? lens[i] - 1 + NEW : S;
+        for (int pos = 0; pos < steps; pos++) {
+            float *lg = bl_forward(one, tok, pos);
+            int next = pos < lens[i] - 1 ? prompts[i][pos + 1] : bl_sample(smp, lg);
+            if (next == 1) break;
+            if (pos + 1 >= lens[i]) same &= count < n_tokens[i] && tokens[i * NEW + count] == next, count++;
+            if (next == 2) break;
+            tok = next;
+        }
+        CHECK(same && count == n_tokens[i], "%s: story %d of the batch differs from the story alone", ckpt, i);
+        bl_sampler_free(smp);
+    }
+    CHECK(bl_generate_batch(m, N, prompts, lens, NEW, -1.0f, 0.9f, 0, seeds, tokens, n_tokens, err, sizeof err) == BL_ERR_ARG,
+          "generate_batch with temperature < 0 must fail");
+    bl_state_free(one), bl_state_free(many);
+    bl_model_close(m);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/babyllama_test_XXXXXX");
     if (!mkdtemp(dir)) return perror("mkdtemp"), 1;
@@ -482,6 +534,8 @@ int main(void) {
     test_tokenizer();
     test_sampler();
     test_threads();
+    test_prefill_and_batch(tmp_path("v1.bin"));
+    test_prefill_and_batch(tmp_path("v2.bin"));
     for (int t = 0; t < NT; t++) free(wt[t]);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
