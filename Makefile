@@ -51,6 +51,11 @@ build/%: tests/c/%.c run.c run_simd.h babyllama.h
 	@mkdir -p build
 	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -I. -o $@ $< -lm
 
+# bench/topp.c: what top-p sampling costs (bench/run_speed.py runs it)
+build/topp: bench/topp.c run.c run_simd.h babyllama.h
+	@mkdir -p build
+	$(CC) $(WARN) $(CFLAGS) $(SIMD) -I. -o $@ $< -lm
+
 build/%_ref: tests/c/%.c run.c babyllama.h
 	@mkdir -p build
 	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -DBL_REFERENCE -I. -o $@ $< -lm

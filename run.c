@@ -902,6 +902,7 @@ struct bl_sampler {
     int top_k;               // 0: off
     unsigned long long rng;  // xorshift* state
     ProbIndex *probindex;    // [vocab_size] scratch for top-p / top-k
+    ProbIndex *sorted;       // [vocab_size] the radix sort's other buffer
 };
 
 // xorshift*: the generator llama2.c uses, so one seed gives one story in both programs
@@ -930,9 +931,37 @@ static int sample_mult(const float *p, int n, float coin) {
     return n - 1;  // rounding left the total just below coin
 }
 
-static int cmp_prob_desc(const void *a, const void *b) {
-    const ProbIndex *x = a, *y = b;
-    return x->prob > y->prob ? -1 : x->prob < y->prob ? 1 : 0;
+// Sort key of a probability: for floats >= 0 the bits order like the values, so the complement
+// orders them descending.
+static uint32_t desc_key(float prob) {
+    uint32_t bits;
+    memcpy(&bits, &prob, sizeof bits);
+    return ~bits;
+}
+
+// Sort pi[0..n) by descending probability; equal ones keep their order. That is the order
+// llama2.c's qsort gives (glibc's qsort is a stable merge sort), in O(n) instead of O(n log n):
+// an LSD radix sort on the probabilities' bits, only over the bits in which they differ, in as
+// few passes of at most 11 bits as they need (2 passes of 9 bits for a flat distribution).
+// Returns pi or tmp, whichever holds the result.
+static ProbIndex *sort_desc(ProbIndex *pi, ProbIndex *tmp, int n) {
+    uint32_t lo = UINT32_MAX, hi = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t k = desc_key(pi[i].prob);
+        lo = k < lo ? k : lo, hi = k > hi ? k : hi;
+    }
+    int bits = 0;
+    while (bits < 32 && (hi - lo) >> bits) bits++;
+    int passes = (bits + 10) / 11, width = passes ? (bits + passes - 1) / passes : 0, mask = (1 << width) - 1;
+    for (int shift = 0; shift < bits; shift += width) {
+        int count[2048 + 1] = {0};
+        for (int i = 0; i < n; i++) count[((desc_key(pi[i].prob) - lo) >> shift & mask) + 1]++;
+        for (int d = 0; d < mask + 1; d++) count[d + 1] += count[d];
+        for (int i = 0; i < n; i++) tmp[count[(desc_key(pi[i].prob) - lo) >> shift & mask]++] = pi[i];
+        ProbIndex *t = pi;
+        pi = tmp, tmp = t;
+    }
+    return pi;
 }
 
 // Sample within the shortest prefix of pi (sorted, descending) whose mass exceeds top_p
@@ -963,20 +992,19 @@ static int sample_topp(bl_sampler *s, const float *p, float coin) {
     for (int i = 0; i < n; i++)
         if (p[i] >= cutoff) s->probindex[n0++] = (ProbIndex){p[i], i};
     if (n0 == 0) return argmax(p, n);  // only when p holds NaN (infinite logits)
-    qsort(s->probindex, (size_t)n0, sizeof(ProbIndex), cmp_prob_desc);
-    return sample_prefix(s->probindex, n0, s->top_p, coin);
+    return sample_prefix(sort_desc(s->probindex, s->sorted, n0), n0, s->top_p, coin);
 }
 
 // Top-k: keep the k most probable, renormalize, then top-p within them (if on).
 static int sample_topk(bl_sampler *s, const float *p, float coin) {
     int n = s->vocab_size, k = s->top_k < n ? s->top_k : n;
     for (int i = 0; i < n; i++) s->probindex[i] = (ProbIndex){p[i], i};
-    qsort(s->probindex, (size_t)n, sizeof(ProbIndex), cmp_prob_desc);
+    ProbIndex *pi = sort_desc(s->probindex, s->sorted, n);
     float mass = 0.0f;
-    for (int i = 0; i < k; i++) mass += s->probindex[i].prob;
-    if (!(mass > 0.0f)) return s->probindex[0].index;
-    for (int i = 0; i < k; i++) s->probindex[i].prob /= mass;
-    return sample_prefix(s->probindex, k, s->top_p, coin);
+    for (int i = 0; i < k; i++) mass += pi[i].prob;
+    if (!(mass > 0.0f)) return pi[0].index;
+    for (int i = 0; i < k; i++) pi[i].prob /= mass;
+    return sample_prefix(pi, k, s->top_p, coin);
 }
 
 int bl_sampler_new(int vocab_size, float temperature, float top_p, int top_k,
@@ -990,19 +1018,19 @@ int bl_sampler_new(int vocab_size, float temperature, float top_p, int top_k,
     if (top_k < 0) return fail(err, errlen, BL_ERR_ARG, "top_k %d: must be >= 0 (0: off)", top_k);
     if (seed == 0) return fail(err, errlen, BL_ERR_ARG, "seed 0: the generator needs a nonzero seed");
     bl_sampler *s = calloc(1, sizeof *s);
-    ProbIndex *pi = calloc((size_t)vocab_size, sizeof(ProbIndex));
-    if (!s || !pi) {
-        free(s), free(pi);
+    ProbIndex *pi = calloc((size_t)vocab_size, sizeof(ProbIndex)), *sorted = calloc((size_t)vocab_size, sizeof(ProbIndex));
+    if (!s || !pi || !sorted) {
+        free(s), free(pi), free(sorted);
         return fail(err, errlen, BL_ERR_NOMEM, "out of memory for the sampler");
     }
-    *s = (bl_sampler){vocab_size, temperature, top_p, top_k, seed, pi};
+    *s = (bl_sampler){vocab_size, temperature, top_p, top_k, seed, pi, sorted};
     *out = s;
     return BL_OK;
 }
 
 void bl_sampler_free(bl_sampler *s) {
     if (!s) return;
-    free(s->probindex);
+    free(s->probindex), free(s->sorted);
     free(s);
 }
 

@@ -466,6 +466,32 @@ static void test_threads(void) {
     bl_model_close(m);
 }
 
+// The radix sort behind top-p and top-k orders like a stable descending sort (llama2.c's qsort on
+// glibc): flat, peaked, tied and zero probabilities; checked against an insertion sort.
+static void test_sort_desc(void) {
+    enum { N = 700 };
+    ProbIndex a[N], b[N], tmp[N];
+    for (int trial = 0; trial < 4; trial++) {
+        for (int i = 0; i < N; i++) {
+            float r = rnd() + 0.5f;
+            float v = trial == 0 ? 1.0f / N + r * 1e-6f          // flat: differ only in low bits
+                    : trial == 1 ? expf(20.0f * r) * 1e-9f       // peaked: many exponents
+                    : trial == 2 ? (float)(i % 7) / 64.0f        // many exact ties, zeros
+                    : (i % 3 ? r : 0.0f);
+            a[i] = b[i] = (ProbIndex){v, i};
+        }
+        for (int i = 1; i < N; i++)  // stable insertion sort, descending
+            for (int j = i; j > 0 && b[j - 1].prob < b[j].prob; j--) {
+                ProbIndex t = b[j];
+                b[j] = b[j - 1], b[j - 1] = t;
+            }
+        ProbIndex *got = sort_desc(a, tmp, N);
+        int same = 1;
+        for (int i = 0; i < N; i++) same &= got[i].index == b[i].index && got[i].prob == b[i].prob;
+        CHECK(same, "sort_desc differs from a stable descending sort (case %d)", trial);
+    }
+}
+
 // Prefill (many positions in one pass) and batches (many sequences in one pass) compute exactly
 // what one bl_forward per token computes: same logits, same KV cache, same stories.
 static void test_prefill_and_batch(const char *ckpt) {
@@ -534,6 +560,7 @@ int main(void) {
     test_tokenizer();
     test_sampler();
     test_threads();
+    test_sort_desc();
     test_prefill_and_batch(tmp_path("v1.bin"));
     test_prefill_and_batch(tmp_path("v2.bin"));
     for (int t = 0; t < NT; t++) free(wt[t]);
