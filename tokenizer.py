@@ -79,12 +79,19 @@ class Tokenizer:
         entries = self.pieces_and_scores()
         max_len = max(len(b) for b, _ in entries)
         tmp = out_path.with_name(out_path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<I", max_len))
-            for b, score in entries:
-                f.write(struct.pack("<fi", score, len(b)))
-                f.write(b)
-        os.replace(tmp, out_path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(struct.pack("<I", max_len))
+                for b, score in entries:
+                    f.write(struct.pack("<fi", score, len(b)))
+                    f.write(b)
+            os.replace(tmp, out_path)
+        except OSError as e:  # disk full, read-only: name the file, leave no .tmp behind
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"cannot write {out_path}: {e.strerror}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return out_path
 
 
