@@ -493,8 +493,15 @@ def load_meta(bin_dir):
 
 def _write_json(path, obj):
     tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk: one line naming the file, no meta.json.tmp left behind
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"cannot write {path}: {e.strerror or e}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def pretokenize(paths, tokenizer_path=None, out_dir=None, val_frac=0.02, shard_stories=50_000,
@@ -556,12 +563,18 @@ def pretokenize(paths, tokenizer_path=None, out_dir=None, val_frac=0.02, shard_s
                         _drain(*pending.pop(0), writers, bar)
                 while pending:
                     _drain(*pending.pop(0), writers, bar)
-            except BaseException:
+            except BaseException as e:
                 for w in writers.values():
                     w.abort()
+                if isinstance(e, OSError) and e.filename is None:  # a write failed: say which shard
+                    raise OSError(f"cannot write {writers['train'].path}: {e.strerror or e}") from None
                 raise
             for w in writers.values():
-                w.close()
+                try:
+                    w.close()
+                except OSError as e:
+                    w.abort()
+                    raise OSError(f"cannot write {w.path}: {e.strerror or e}") from None
         pool.close()
     finally:
         pool.terminate()
