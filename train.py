@@ -371,11 +371,36 @@ def set_rng_state(s):
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
+class _SlowFile:
+    """A file whose every write pauses (BABYLLAMA_SLOW_CKPT_WRITE seconds): lets the crash-safety
+    test kill a run in the middle of a checkpoint write."""
+
+    def __init__(self, f, pause):
+        self.f, self.pause = f, pause
+
+    def write(self, b):
+        time.sleep(self.pause)
+        return self.f.write(b)
+
+    def flush(self):
+        self.f.flush()
+
+
 def save_checkpoint(path, **ckpt):
-    """torch.save to path.tmp, then rename: a kill mid-write never leaves a broken ckpt.pt."""
+    """torch.save to path.tmp, fsync, then rename: a kill (or a power cut) mid-write never leaves a
+    broken ckpt.pt, only the previous one; a full disk is one error line and no .tmp left."""
     tmp = Path(str(path) + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    pause = float(os.environ.get("BABYLLAMA_SLOW_CKPT_WRITE", 0))
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, _SlowFile(f, pause) if pause > 0 else f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "a write failed (is the disk full?)"
+        raise ConfigError(f"cannot write checkpoint {path}: {why}") from None
 
 
 def load_checkpoint(path):
@@ -427,8 +452,11 @@ def estimate_loss(model, cfg, ctx, device, vocab, rank, world_size):
 
 
 def log_metrics(path, **event):
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(event) + "\n")
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(event) + "\n")
+    except OSError as e:  # a full disk: one line naming the file
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def plot_losses(metrics_path, png_path):
@@ -458,9 +486,14 @@ def plot_losses(metrics_path, png_path):
     ax.grid(alpha=0.3)
     ax.legend()
     tmp = str(png_path) + ".tmp"
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, png_path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {png_path}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
 
 
 def fmt_time(s):
@@ -671,7 +704,7 @@ def main(argv=None):
     try:
         cfg = parse_config(argv)
         train(cfg)
-    except ConfigError as e:
+    except (ConfigError, OSError) as e:  # OSError: e.g. out_dir cannot be made (read-only, full)
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
