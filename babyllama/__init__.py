@@ -11,8 +11,8 @@ What it does: opens a llama2.c checkpoint (.bin versions 0, 1, 2) and its tokeni
 encode / decode / logits / generate / generate_batch on top of the C API in babyllama.h. The
 generation loop here follows run.c's CLI exactly (same encoder, sampler, random generator, stop
 rules and printing rules), so `generate` reproduces `./run`'s stories for the same seed.
-What it does not do: train, export or batch matrix products (generate_batch runs independent
-stories on a thread pool).
+generate_batch tells several stories in one batched pass per step (the engine's
+bl_generate_batch). What it does not do: train or export models (train.py, export.py).
 
 Errors: every C error becomes an exception carrying the C message (which names the file or the
 argument): `babyllama.Error` (a RuntimeError) for all of them; missing files are also
@@ -28,7 +28,6 @@ import codecs
 import os
 import secrets
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -123,6 +122,42 @@ def _stops(stop):
 def _first_stop(text, stops):
     """Index of the earliest stop string in text, or -1."""
     return min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+
+
+def _text_pieces(byte_pieces, stops):
+    """Text from the bytes each token prints: whole UTF-8 characters only (a character spelled
+    by several byte tokens waits until it is complete; invalid bytes become U+FFFD), cut before
+    the first stop string seen. Generation stops when this generator is closed."""
+    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+    hold = max((len(s) for s in stops), default=1) - 1  # chars that may begin a stop string
+    pending = ""
+    for piece in byte_pieces:
+        pending += utf8.decode(piece)
+        cut = _first_stop(pending, stops)
+        if cut >= 0:
+            if cut:
+                yield pending[:cut]
+            return
+        if len(pending) > hold:
+            yield pending[:len(pending) - hold]
+            pending = pending[len(pending) - hold:]
+    pending += utf8.decode(b"", final=True)
+    cut = _first_stop(pending, stops)
+    pending = pending[:cut] if cut >= 0 else pending
+    if pending:
+        yield pending
+
+
+def _sampling(max_new_tokens, temperature, top_p, top_k):
+    """Checked (max_new_tokens, temperature, top_p, top_k), with the CLI's ranges."""
+    max_new_tokens = _int(max_new_tokens, "max_new_tokens", lo=0)
+    temperature, top_p = _float(temperature, "temperature"), _float(top_p, "top_p")
+    top_k = _int(top_k, "top_k", lo=0)
+    if not 0 <= temperature < float("inf"):
+        raise ArgumentError(f"temperature must be a finite number >= 0, got {temperature}")
+    if not 0 <= top_p <= 1:
+        raise ArgumentError(f"top_p must be in [0, 1] (0 or 1: off), got {top_p}")
+    return max_new_tokens, temperature, top_p, top_k
 
 
 def _seed(seed):
@@ -249,6 +284,15 @@ class Model:
             if not self._busy:
                 self._cond.notify_all()
 
+    def _threads_on(self):
+        """Set this model's OpenMP thread count in the calling thread; returns what to restore."""
+        return lib.blpy_set_threads(self.threads) if self.threads else 0
+
+    @staticmethod
+    def _threads_off(prev):
+        if prev:
+            lib.blpy_set_threads(prev)
+
     def _take_state(self):
         """A state for one call (reused: positions are always written before they are read)."""
         m = self._enter()
@@ -345,10 +389,9 @@ class Model:
         try:
             m = self._enter()
             try:
-                prev = lib.blpy_set_threads(self.threads) if self.threads else 0
+                prev = self._threads_on()
                 rc = lib.bl_logits(s, cids, n, ffi.from_buffer("float[]", out), err, lib.BL_ERRLEN)
-                if prev:
-                    lib.blpy_set_threads(prev)
+                self._threads_off(prev)
                 _check(rc, err)
             finally:
                 self._exit()
@@ -377,93 +420,73 @@ class Model:
         U+FFFD). With stream=True, returns an iterator of text pieces, each a whole number of
         characters (a character split over several tokens is held back until complete).
         """
-        prompt = _str(prompt, "prompt")
-        max_new_tokens = _int(max_new_tokens, "max_new_tokens", lo=0)
-        temperature, top_p = _float(temperature, "temperature"), _float(top_p, "top_p")
-        top_k = _int(top_k, "top_k", lo=0)
-        if not 0 <= temperature < float("inf"):
-            raise ArgumentError(f"temperature must be a finite number >= 0, got {temperature}")
-        if not 0 <= top_p <= 1:
-            raise ArgumentError(f"top_p must be in [0, 1] (0 or 1: off), got {top_p}")
-        stops, seed = _stops(stop), _seed(seed)
-        ids = self.encode(prompt, bos=True)
+        ids = self._prompt_ids(prompt)
+        sampling = _sampling(max_new_tokens, temperature, top_p, top_k)
+        pieces = self._stream(ids, *sampling, _seed(seed), _stops(stop))
+        return pieces if stream else "".join(pieces)
+
+    def _prompt_ids(self, prompt):
+        ids = self.encode(_str(prompt, "prompt"), bos=True)
         if len(ids) > self.config.seq_len:
             raise ArgumentError(f"prompt is {len(ids)} tokens (with BOS), longer than the "
                                 f"context of {self.config.seq_len}")
-        pieces = self._stream(ids, max_new_tokens, temperature, top_p, top_k, seed, stops)
-        return pieces if stream else "".join(pieces)
+        return ids
 
     def _tokens(self, ids, max_new_tokens, temperature, top_p, top_k, seed):
-        """Yield (token, bytes printed) for each new token; the CLI's loop."""
-        steps = min(len(ids) - 1 + max_new_tokens, self.config.seq_len)
+        """Yield (token, bytes printed) for each new token: the CLI's loop. The prompt runs in
+        one pass (bl_prefill: the same KV cache and logits as one position at a time); the sampler
+        is first used after its last token."""
         if max_new_tokens == 0:
             return
         sampler, err = ffi.new("bl_sampler **"), _errbuf()
         _check(lib.bl_sampler_new(self.config.vocab_size, temperature, top_p, top_k, seed,
                                   sampler, err, lib.BL_ERRLEN), err)
-        s = None
+        s, cids, n_new = None, ffi.new("int[]", ids), 0
+        token, pos = ids[-1], len(ids) - 1  # the last position run so far, and its token
         try:
             s = self._take_state()
-            token = ids[0]
-            for pos in range(steps):
-                m = self._enter()
+            while True:
+                m = self._enter()  # one step per entry: close() may come between steps
                 try:
-                    prev = lib.blpy_set_threads(self.threads) if self.threads else 0
-                    logits = lib.bl_forward(s, token, pos)
-                    if prev:
-                        lib.blpy_set_threads(prev)
+                    prev = self._threads_on()
+                    if n_new == 0:
+                        logits = lib.bl_prefill(s, cids, len(ids), 0)
+                    else:
+                        logits = lib.bl_forward(s, token, pos)
+                    self._threads_off(prev)
                     if logits == ffi.NULL:
-                        raise ArgumentError(f"token {token} or position {pos} is out of range")
-                    nxt = ids[pos + 1] if pos + 1 < len(ids) else lib.bl_sample(sampler[0], logits)
-                    if nxt == BOS:
+                        raise ArgumentError(f"a token or position is out of range at position {pos}")
+                    nxt = lib.bl_sample(sampler[0], logits)
+                    if nxt == BOS:  # another story would begin
                         return
                     piece = self._piece(m, token, nxt)
                 finally:
                     self._exit()
-                if pos + 1 >= len(ids):  # prompt tokens are forced, not returned
-                    yield nxt, piece
-                    if nxt == EOS:
-                        return
-                token = nxt
+                yield nxt, piece
+                n_new += 1
+                if nxt == EOS or n_new >= max_new_tokens or pos + 1 >= self.config.seq_len:
+                    return
+                token, pos = nxt, pos + 1
         finally:
             lib.bl_sampler_free(sampler[0])
             if s is not None:
                 self._give_state(s)
 
     def _stream(self, ids, max_new_tokens, temperature, top_p, top_k, seed, stops):
-        """Text pieces: whole UTF-8 characters, cut at the first stop string."""
-        utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop string
-        pending = ""
         with closing(self._tokens(ids, max_new_tokens, temperature, top_p, top_k, seed)) as tokens:
-            for _, piece in tokens:
-                pending += utf8.decode(piece)
-                cut = _first_stop(pending, stops)
-                if cut >= 0:
-                    if cut:
-                        yield pending[:cut]
-                    return
-                if len(pending) > hold:
-                    yield pending[:len(pending) - hold]
-                    pending = pending[len(pending) - hold:]
-        pending += utf8.decode(b"", final=True)
-        cut = _first_stop(pending, stops)
-        pending = pending[:cut] if cut >= 0 else pending
-        if pending:
-            yield pending
+            yield from _text_pieces((piece for _, piece in tokens), stops)
 
     def generate_batch(self, prompts, max_new_tokens=256, temperature=1.0, top_p=0.9, top_k=0,
-                       seed=None, stop=None, threads=None):
-        """generate() for each prompt, several at once; returns the texts in order.
+                       seed=None, stop=None):
+        """generate() for several prompts at once; returns the texts in order.
 
-        seed: None (random), an int (prompt i uses seed + i), or one seed per prompt. Each story
-        equals generate(prompt, ..., seed=its seed). Runs on `threads` threads (default: one per
-        core, at most one per prompt), each with its own state; the GIL is released in C.
+        Story i equals generate(prompts[i], ..., seed=seeds[i]) exactly, where seed is None
+        (random), an int (story i uses seed + i) or one seed per prompt. The stories run together
+        in the engine (bl_generate_batch: one forward pass per step carries every story still
+        going, so the weights are read once per step), in one C call without the GIL.
         """
         if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
             raise TypeError("prompts must be a list of str")
-        for p in prompts:
-            _str(p, "each prompt")
         n = len(prompts)
         if seed is None or isinstance(seed, Integral) and not isinstance(seed, bool):
             seeds = [None if seed is None else seed + i for i in range(n)]
@@ -471,11 +494,29 @@ class Model:
             seeds = list(seed)
         else:
             raise TypeError("seed must be None, an int, or a list with one int per prompt")
-        threads = _int(threads, "threads", lo=1) if threads is not None else (os.cpu_count() or 1)
-        if n == 0:
-            return []
-        kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                  top_k=top_k, stop=stop)
-        with ThreadPoolExecutor(max_workers=min(threads, n)) as pool:
-            futures = [pool.submit(self.generate, p, seed=s, **kw) for p, s in zip(prompts, seeds)]
-            return [f.result() for f in futures]
+        seeds = [_seed(x) for x in seeds]
+        max_new, temperature, top_p, top_k = _sampling(max_new_tokens, temperature, top_p, top_k)
+        stops = _stops(stop)
+        ids = [self._prompt_ids(p) for p in prompts]
+        if n == 0 or max_new == 0:
+            return [""] * n
+        max_new = min(max_new, self.config.seq_len)  # no story has room for more
+        rows = [ffi.new("int[]", x) for x in ids]
+        tokens, counts, err = ffi.new("int[]", n * max_new), ffi.new("int[]", n), _errbuf()
+        m = self._enter()
+        try:
+            prev = self._threads_on()
+            rc = lib.bl_generate_batch(m, n, ffi.new("int *[]", rows), ffi.new("int[]", [len(x) for x in ids]),
+                                       max_new, temperature, top_p, top_k,
+                                       ffi.new("unsigned long long[]", seeds), tokens, counts, err, lib.BL_ERRLEN)
+            self._threads_off(prev)
+            _check(rc, err)
+            texts = []
+            for i in range(n):
+                new = ffi.unpack(tokens + i * max_new, counts[i])
+                prevs = [ids[i][-1]] + new[:-1]
+                pieces = (self._piece(m, a, b) for a, b in zip(prevs, new))
+                texts.append("".join(_text_pieces(pieces, stops)))
+        finally:
+            self._exit()
+        return texts

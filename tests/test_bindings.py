@@ -255,6 +255,16 @@ def test_generate_batch_equals_sequential(aid):
     assert aid.generate_batch(prompts, max_new_tokens=30, seed=10) == \
         [aid.generate(p, max_new_tokens=30, seed=10 + i) for i, p in enumerate(prompts)]
     assert batch[0] != batch[3]  # different seeds, different stories
+    # other settings: greedy, top-k, stop strings, a prompt that nearly fills the context, a
+    # request longer than the context
+    long = "I dreamed of vectors and nodes " * 8  # 122 of 128 positions
+    prompts = ["I dreamed", long, "", "The gentle hum"]
+    for kw in (dict(temperature=0.0), dict(temperature=0.9, top_k=12, top_p=0.8),
+               dict(temperature=1.0, stop=[" as", "."])):
+        want = [aid.generate(p, max_new_tokens=500, seed=20 + i, **kw) for i, p in enumerate(prompts)]
+        assert aid.generate_batch(prompts, max_new_tokens=500, seed=20, **kw) == want, kw
+    assert aid.generate_batch(prompts, max_new_tokens=0) == [""] * 4
+    assert aid.generate_batch([]) == []
 
 
 def test_four_threads_one_model(aid):
@@ -336,7 +346,8 @@ def test_bad_arguments(aid):
                  lambda: aid.logits([1, 2.5]), lambda: aid.generate(5),
                  lambda: aid.generate("x", max_new_tokens="5"), lambda: aid.generate("x", temperature="hot"),
                  lambda: aid.generate("x", seed=1.5), lambda: aid.generate("x", stop=5),
-                 lambda: aid.generate_batch("one prompt")):
+                 lambda: aid.generate_batch("one prompt"), lambda: aid.generate_batch(["a", 1]),
+                 lambda: aid.generate_batch(["a", "b"], seed=[1])):
         with pytest.raises(TypeError):
             call()
     for call in (lambda: aid.logits([1, 512]), lambda: aid.logits([]), lambda: aid.logits([1] * 129),
