@@ -35,7 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ._babyllama import ffi, lib
+try:
+    from ._babyllama import ffi, lib
+except ImportError as e:  # a checkout used without installing: say how to build it
+    raise ImportError(f"babyllama's C extension is not built ({e}); run `pip install -e .` "
+                      f"(or `make venv`) in the repository") from None
 
 __all__ = ["Model", "Config", "Error", "BOS", "EOS"]
 
