@@ -51,7 +51,20 @@ build/%: tests/c/%.c run.c run_simd.h babyllama.h
 	@mkdir -p build
 	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -I. -o $@ $< -lm
 
-# bench/topp.c: what top-p sampling costs (bench/run_speed.py runs it)
+# bench/run_speed.py's programs: the machine's limits, the engine's speed (fast and reference
+# kernels), what top-p costs
+build/machine: bench/machine.c
+	@mkdir -p build
+	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -o $@ $< -lm
+
+build/speed: bench/speed.c run.c run_simd.h babyllama.h
+	@mkdir -p build
+	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -I. -o $@ $< -lm
+
+build/speed_ref: bench/speed.c run.c babyllama.h
+	@mkdir -p build
+	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -DBL_REFERENCE -I. -o $@ $< -lm
+
 build/topp: bench/topp.c run.c run_simd.h babyllama.h
 	@mkdir -p build
 	$(CC) $(WARN) $(CFLAGS) $(SIMD) -I. -o $@ $< -lm

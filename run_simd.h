@@ -70,43 +70,45 @@ static void rows_f32_fast(float *y, const float *x, const float *w, int n, int d
     for (; i < i1; i++) tiles_f32(y, x, w, n, d, i, 1, B);
 }
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-// int8 tile: R <= 4 weight rows x T <= 2 tokens, groups of gs (a multiple of 64) values. Assumes AVX-512
-// VNNI. vpdpbusd multiplies unsigned by signed bytes, so the activations go in shifted by 128
-// (x ^ 0x80 = x + 128, once per token vector) and each group subtracts 128 * sum(w), which one
-// more vpdpbusd against a vector of ones gives per weight row. Per group, the exact int32 sums
-// turn into floats scaled by (weight scale x activation scale) in 16 lanes; one horizontal sum
-// per (row, token) at the end.
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+// Scales of the 64 int8 values from j, one per 32-bit lane: lane L (values j+4L .. j+4L+3) is in
+// group (j + 4L) / gs. s: the scales of groups 0, 1, ... as stored (any alignment).
+SIMD_INLINE __m512 chunk_scales(const char *s, int j, int n, int gs, __m512i lane_group) {
+    if (gs >= 64) return _mm512_set1_ps(load_f32(s + (size_t)(j / gs) * 4));
+    int left = (n - j) / gs, groups = left < 64 / gs ? left : 64 / gs;
+    __m512 v = _mm512_maskz_loadu_ps((__mmask16)((1u << groups) - 1), s + (size_t)(j / gs) * 4);
+    return _mm512_permutexvar_ps(lane_group, v);
+}
+
+// int8 tile: R <= 4 weight rows x T <= 4 tokens, 64 values per step (a masked tail when n is
+// not a multiple of 64). Assumes AVX-512 VNNI and a group size that is 16, 32 or a multiple of 64.
+// vpdpbusd multiplies unsigned by signed bytes, so the activations go in shifted by 128
+// (x ^ 0x80 = x + 128, once per token vector) and each sum starts from -128 * sum(w), which one
+// more vpdpbusd against a vector of ones gives per weight row (shared by the T tokens). The exact
+// int32 sums of each 64 values become floats scaled per lane by weight scale x activation scale.
 SIMD_INLINE void tile_q8(float *y, const int8_t *xq, const float *xs, const int8_t *wq, const char *ws,
                          int n, int d, int gs, int i, int b, int R, int T) {
-    const __m512i shift = _mm512_set1_epi8((char)0x80), ones = _mm512_set1_epi8(1);
+    const __m512i shift = _mm512_set1_epi8((char)0x80), ones = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
+    int groups = n / gs, lanes_log = gs == 16 ? 2 : 3;  // gs < 64: lane L is in group L >> log2(gs / 4)
+    __m512i lane_group = _mm512_srli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), lanes_log);
     __m512 acc[4][4];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
-    int groups = n / gs;
-    for (int g = 0; g < groups; g++) {
-        __m512i dot[4][4], wsum[4];
-        for (int r = 0; r < R; r++) {
-            wsum[r] = _mm512_setzero_si512();
-            for (int t = 0; t < T; t++) dot[r][t] = _mm512_setzero_si512();
-        }
-        for (int j = g * gs; j < (g + 1) * gs; j += 64) {
-            __m512i xv[4];
-            for (int t = 0; t < T; t++)
-                xv[t] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(xq + (size_t)(b + t) * n + j)), shift);
-            for (int r = 0; r < R; r++) {
-                __m512i wv = _mm512_loadu_si512((const void *)(wq + (size_t)(i + r) * n + j));
-                wsum[r] = _mm512_dpbusd_epi32(wsum[r], ones, wv);
-                for (int t = 0; t < T; t++) dot[r][t] = _mm512_dpbusd_epi32(dot[r][t], xv[t], wv);
-            }
+    for (int j = 0; j < n; j += 64) {
+        __mmask64 m = n - j >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (n - j)) - 1;
+        __m512i xv[4];
+        __m512 xscale[4];
+        for (int t = 0; t < T; t++) {
+            xv[t] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, xq + (size_t)(b + t) * n + j), shift);
+            xscale[t] = chunk_scales((const char *)(xs + (size_t)(b + t) * groups), j, n, gs, lane_group);
         }
         for (int r = 0; r < R; r++) {
-            float sw = load_f32(ws + ((size_t)(i + r) * groups + g) * 4);
-            __m512i corr = _mm512_slli_epi32(wsum[r], 7);
+            __m512i wv = _mm512_maskz_loadu_epi8(m, wq + (size_t)(i + r) * n + j);
+            __m512i start = _mm512_sub_epi32(zero, _mm512_slli_epi32(_mm512_dpbusd_epi32(zero, ones, wv), 7));
+            __m512 wscale = chunk_scales(ws + (size_t)(i + r) * groups * 4, j, n, gs, lane_group);
             for (int t = 0; t < T; t++) {
-                __m512 sums = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot[r][t], corr));
-                __m512 scale = _mm512_set1_ps(sw * xs[(size_t)(b + t) * groups + g]);
-                acc[r][t] = _mm512_fmadd_ps(sums, scale, acc[r][t]);
+                __m512 sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, xv[t], wv));
+                acc[r][t] = _mm512_fmadd_ps(sums, _mm512_mul_ps(wscale, xscale[t]), acc[r][t]);
             }
         }
     }
@@ -116,16 +118,20 @@ SIMD_INLINE void tile_q8(float *y, const int8_t *xq, const float *xs, const int8
 
 SIMD_INLINE void tiles_q8(float *y, const int8_t *xq, const float *xs, const int8_t *wq, const char *ws,
                           int n, int d, int gs, int i, int R, int B) {
-    int b = 0;  // two tokens at a time: 4 x 2 int32 sums, 8 float sums and 4 row sums fit the 32 registers
-    for (; b + 2 <= B; b += 2) tile_q8(y, xq, xs, wq, ws, n, d, gs, i, b, R, 2);
-    if (b < B) tile_q8(y, xq, xs, wq, ws, n, d, gs, i, b, R, 1);
+    int b = 0;
+    for (; b + 4 <= B; b += 4) tile_q8(y, xq, xs, wq, ws, n, d, gs, i, b, R, 4);
+    switch (B - b) {
+    case 3: tile_q8(y, xq, xs, wq, ws, n, d, gs, i, b, R, 3); break;
+    case 2: tile_q8(y, xq, xs, wq, ws, n, d, gs, i, b, R, 2); break;
+    case 1: tile_q8(y, xq, xs, wq, ws, n, d, gs, i, b, R, 1); break;
+    }
 }
 
-// Group sizes that are not a multiple of 64 (rare: export.py picks 64 when it divides the
-// widths) take run.c's plain loops.
+// Other group sizes (8, 48, ...: export.py picks 64, else the largest divisor it can) take
+// run.c's plain loops.
 static void rows_q8_fast(float *y, const int8_t *xq, const float *xs, const int8_t *wq, const char *ws,
                          int n, int d, int gs, int i0, int i1, int B) {
-    if (gs % 64) {
+    if (!(gs == 16 || gs == 32 || gs % 64 == 0)) {
         rows_q8(y, xq, xs, wq, ws, n, d, gs, i0, i1, B);
         return;
     }
