@@ -205,6 +205,8 @@ class Model:
     def __init__(self, path, tokenizer=None, threads=None):
         path = _path(path, "path")
         self.threads = 0 if threads is None else _int(threads, "threads", lo=1)
+        if self.threads > 4096:  # ./run's -T bound; a C int would overflow at the first call
+            raise ArgumentError(f"threads must be at most 4096, got {self.threads}")
         if not os.path.isfile(path):
             raise FileError(f"model file not found: {path}")
         defaulted = tokenizer is None
