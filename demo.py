@@ -10,7 +10,7 @@ becomes a prompt by conditions.build_prompt (the rule the CLI and the trainer sh
 engine continues it through the `babyllama` bindings, one piece of text at a time. Bad requests and
 engine errors show a one-line message on the page, never a stack trace. Gradio's queue bounds the
 work: at most --concurrency stories at once (one bl_state each; the weights are shared), at most
---queue waiting.
+--queue waiting; a request body over 64 KB is refused (413) before it is read.
 
 What it does not do: train, or judge the story (evaluate.py). A plain pretrained model answers the
 prompt as text to continue; a model fine-tuned on `conditions.py build_instruct` data obeys it.
@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL = ROOT / "models" / "tinystories-cpu.bin"
 MAX_TOKENS = 350      # seed 001's hard maximum
 MAX_SEED = 2**31 - 1
+MAX_BODY = 64 * 1024  # bytes in one HTTP request: a request is a short topic and a few settings
 CSS = "#story textarea {font-size: 1.05em; line-height: 1.5}"
 
 
@@ -88,6 +89,32 @@ def story_stream(model, topic, ending, tags, temperature, top_p, max_tokens, see
         return
     dt = time.perf_counter() - t0
     yield story.strip(), f"Done: {len(story.split())} words in {dt:.1f} s, seed {kw['seed']}."
+
+
+class LimitBody:
+    """ASGI middleware: a request body over MAX_BODY bytes gets 413 before it is read (Gradio
+    itself reads any JSON body whole into memory)."""
+
+    def __init__(self, app, max_bytes=MAX_BODY):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_bytes:
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"text/plain"), (b"connection", b"close")]})
+            return await send({"type": "http.response.body", "body": b"request too large\n"})
+        seen = 0
+
+        async def receive_limited():  # a chunked body without a length: stop reading at the limit
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            return {"type": "http.disconnect"} if seen > self.max_bytes else msg
+
+        return await self.app(scope, receive_limited, send)
 
 
 def build_page(model, model_name):
@@ -156,8 +183,9 @@ def main(argv=None):
     page.queue(max_size=args.queue, default_concurrency_limit=args.concurrency)
     theme = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
                            font_mono=["ui-monospace", "monospace"])  # no web fonts to fetch
+    from starlette.middleware import Middleware
     page.launch(server_name=args.host, server_port=args.port, ssr_mode=False, show_error=False,
-                footer_links=[], theme=theme, css=CSS)
+                footer_links=[], theme=theme, css=CSS, app_kwargs={"middleware": [Middleware(LimitBody)]})
 
 
 if __name__ == "__main__":
