@@ -26,21 +26,22 @@ SIMD     := $(or $(call accepts,-fopenmp-simd),-Wno-unknown-pragmas)
 NATIVE   := $(call accepts,-march=native)
 ASAN     := $(call accepts,-fsanitize=address$(comma)undefined -fno-sanitize-recover=undefined)
 TSAN     := $(call accepts,-fsanitize=thread -pthread)
+PTHREAD  := $(call accepts,-pthread)
 CFLAGS   ?= -O3 $(NATIVE)
 WARN     := -std=c11 -Wall -Wextra
 SANITIZE := -g -O1 -fno-omit-frame-pointer $(ASAN) $(SIMD) $(NATIVE)
 
 run: run.c run_simd.h babyllama.h
-	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -o $@ run.c -lm
+	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -o $@ run.c -lm $(PTHREAD)
 
 # the same engine with run.c's portable kernels instead of run_simd.h's (bench/run_speed.py
 # compares the two; the tests run both)
 run_ref: run.c babyllama.h
-	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -DBL_REFERENCE -o $@ run.c -lm
+	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -DBL_REFERENCE -o $@ run.c -lm $(PTHREAD)
 
 # the same engine under AddressSanitizer + UndefinedBehaviorSanitizer (single-threaded)
 run_debug: run.c run_simd.h babyllama.h
-	$(CC) $(WARN) $(SANITIZE) -o $@ run.c -lm
+	$(CC) $(WARN) $(SANITIZE) -o $@ run.c -lm $(PTHREAD)
 
 debug: run_debug
 
@@ -49,45 +50,49 @@ debug: run_debug
 # ThreadSanitizer, without OpenMP (whose runtime is not instrumented).
 build/%: tests/c/%.c run.c run_simd.h babyllama.h
 	@mkdir -p build
-	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -I. -o $@ $< -lm
+	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -I. -o $@ $< -lm $(PTHREAD)
 
 # bench/run_speed.py's programs: the machine's limits, the engine's speed (fast and reference
 # kernels), what top-p costs
 build/machine: bench/machine.c
 	@mkdir -p build
-	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -o $@ $< -lm
+	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -o $@ $< -lm $(PTHREAD)
 
 build/speed: bench/speed.c run.c run_simd.h babyllama.h
 	@mkdir -p build
-	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -I. -o $@ $< -lm
+	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -I. -o $@ $< -lm $(PTHREAD)
 
 build/speed_ref: bench/speed.c run.c babyllama.h
 	@mkdir -p build
-	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -DBL_REFERENCE -I. -o $@ $< -lm
+	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -DBL_REFERENCE -I. -o $@ $< -lm $(PTHREAD)
+
+build/speed_serial: bench/speed.c run.c run_simd.h babyllama.h
+	@mkdir -p build
+	$(CC) $(WARN) $(CFLAGS) $(SIMD) -I. -o $@ $< -lm $(PTHREAD)
 
 build/topp: bench/topp.c run.c run_simd.h babyllama.h
 	@mkdir -p build
-	$(CC) $(WARN) $(CFLAGS) $(SIMD) -I. -o $@ $< -lm
+	$(CC) $(WARN) $(CFLAGS) $(SIMD) -I. -o $@ $< -lm $(PTHREAD)
 
 build/%_ref: tests/c/%.c run.c babyllama.h
 	@mkdir -p build
-	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -DBL_REFERENCE -I. -o $@ $< -lm
+	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -DBL_REFERENCE -I. -o $@ $< -lm $(PTHREAD)
 
 build/%_debug: tests/c/%.c run.c run_simd.h babyllama.h
 	@mkdir -p build
-	$(CC) $(WARN) $(SANITIZE) -pthread -I. -o $@ $< -lm
+	$(CC) $(WARN) $(SANITIZE) -DPARALLEL_MIN_WORK=1 -pthread -I. -o $@ $< -lm $(PTHREAD)
 
 build/%_tsan: tests/c/%.c run.c run_simd.h babyllama.h
 	@mkdir -p build
-	$(CC) $(WARN) -g -O1 $(TSAN) $(SIMD) -I. -o $@ $< -lm
+	$(CC) $(WARN) -g -O1 $(TSAN) $(SIMD) -DPARALLEL_MIN_WORK=1 -I. -o $@ $< -lm $(PTHREAD)
 
 # the C unit tests, under the sanitizers (leaks and data races included), then optimized with
 # the fast kernels and with the reference kernels (two threads: the threaded paths too)
 test-c: build/test_api_debug $(if $(TSAN),build/test_api_tsan) build/test_api build/test_api_ref
-	./build/test_api_debug
+	OMP_NUM_THREADS=3 ./build/test_api_debug
 	OMP_NUM_THREADS=2 ./build/test_api
 	OMP_NUM_THREADS=2 ./build/test_api_ref
-	$(if $(TSAN),./build/test_api_tsan,@echo "test-c: no ThreadSanitizer runtime here: data-race run skipped")
+	$(if $(TSAN),OMP_NUM_THREADS=3 ./build/test_api_tsan,@echo "test-c: no ThreadSanitizer runtime here: data-race run skipped")
 	$(if $(ASAN),,@echo "test-c: no AddressSanitizer runtime here: ran without sanitizers")
 
 # ---- fuzzing (tests/fuzz/): libFuzzer targets built with clang under ASan + UBSan ---------------
@@ -127,11 +132,11 @@ VALGRIND := valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kind
 
 build/test_api_plain: tests/c/test_api.c run.c run_simd.h babyllama.h
 	@mkdir -p build
-	$(CC) $(WARN) -g -O1 $(SIMD) -pthread -I. -o $@ $< -lm
+	$(CC) $(WARN) -g -O1 $(SIMD) -pthread -I. -o $@ $< -lm $(PTHREAD)
 
 build/run_plain: run.c run_simd.h babyllama.h
 	@mkdir -p build
-	$(CC) $(WARN) -g -O1 $(SIMD) -o $@ run.c -lm
+	$(CC) $(WARN) -g -O1 $(SIMD) -o $@ run.c -lm $(PTHREAD)
 
 valgrind: build/test_api_plain build/run_plain
 	@command -v valgrind >/dev/null || { echo "error: make valgrind needs valgrind (apt-get install -y valgrind)" >&2; exit 1; }

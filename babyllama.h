@@ -105,6 +105,11 @@ int bl_generate_batch(const bl_model *m, int n, const int *const *prompts, const
                       int max_new, float temperature, float top_p, int top_k,
                       const unsigned long long *seeds, int *tokens, int *n_tokens, char *err, size_t errlen);
 
+/* Threads for the engine's parallel loops, process-wide (n <= 0: the default: OpenMP's setting
+ * of the calling thread when built with OpenMP, else OMP_NUM_THREADS, else every core). Results
+ * do not depend on it. Helper threads start on first use and stop at exit. */
+void bl_set_threads(int n);
+
 /* A sampler over `vocab_size` logits: temperature 0 = argmax; else softmax(logits / temperature),
  * then top-k (0: off) and top-p (<= 0 or >= 1: off) as llama2.c, coins from llama2.c's xorshift*
  * RNG seeded with `seed` (must be nonzero: the RNG is stuck at 0). */

@@ -24,7 +24,10 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -280,6 +283,138 @@ void bl_model_close(bl_model *m) {
 bl_config bl_model_config(const bl_model *m) { return m->cfg; }
 
 // ----------------------------------------------------------------------------------------------
+// threads: a pool of helper threads that live as long as the process, for the parallel loops.
+// Why not `omp parallel for`: on cores shared with other programs, OpenMP's team waits at every
+// loop's end for each thread to check in, and a thread the OS has not scheduled yet stalls the
+// whole token (2 threads ran 50x slower than 1 on a busy machine). Here the caller takes items
+// itself and helpers join when they wake: a late helper finds the work done and costs nothing.
+// A helper that is running spins briefly for the next loop (loops come back to back), then sleeps.
+
+typedef void (*Task)(void *arg, int item);
+
+// Below this many multiply-adds a parallel loop costs more in thread wake-ups than it saves
+// (the sanitizer tests set it to 1, so that their tiny models run every loop on the pool).
+#ifndef PARALLEL_MIN_WORK
+#define PARALLEL_MIN_WORK (1L << 16)
+#endif
+
+#define MAX_HELPERS 63
+#define SPIN_ROUNDS 20000  // ~50 us of polling before a helper sleeps
+
+static struct {
+    pthread_mutex_t lock;            // guards the job fields, stop, and the sleep/wake-up
+    pthread_cond_t wake;
+    pthread_mutex_t busy;            // held by the thread running a job: one job at a time
+    pthread_t helper[MAX_HELPERS];
+    int helpers, stop, threads;      // started helpers; shutting down; bl_set_threads (0: default)
+    Task task;                       // the job: task(arg, i) for i in 0..n-1, on `width` threads
+    void *arg;
+    int n, width;
+    _Atomic unsigned gen;            // job number: helpers watch it for new work
+    _Atomic unsigned long long next; // gen << 32 | the next item to take: a stale helper cannot take one
+    _Atomic int done;                // items of this job finished
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .busy = PTHREAD_MUTEX_INITIALIZER};
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+// Take and run items of job g until none is left.
+static void take_items(unsigned g, Task task, void *arg, int n) {
+    for (;;) {
+        unsigned long long w = atomic_load(&pool.next);
+        if ((unsigned)(w >> 32) != g || (int)(w & 0xffffffffu) >= n) return;
+        if (!atomic_compare_exchange_weak(&pool.next, &w, w + 1)) continue;
+        task(arg, (int)(w & 0xffffffffu));
+        atomic_fetch_add(&pool.done, 1);
+    }
+}
+
+static void *helper_main(void *id_ptr) {
+    int id = (int)(intptr_t)id_ptr;
+    unsigned seen = 0;
+    for (;;) {
+        for (int spin = 0; spin < SPIN_ROUNDS && atomic_load(&pool.gen) == seen; spin++) cpu_relax();
+        pthread_mutex_lock(&pool.lock);
+        while (atomic_load(&pool.gen) == seen && !pool.stop) pthread_cond_wait(&pool.wake, &pool.lock);
+        if (pool.stop) {
+            pthread_mutex_unlock(&pool.lock);
+            return NULL;
+        }
+        seen = atomic_load(&pool.gen);
+        Task task = pool.task;
+        void *arg = pool.arg;
+        int n = pool.n, joins = id + 1 < pool.width;
+        pthread_mutex_unlock(&pool.lock);
+        if (joins) take_items(seen, task, arg, n);
+    }
+}
+
+// At exit: stop and join the helpers (leak checkers see no thread left behind).
+static void stop_helpers(void) {
+    pthread_mutex_lock(&pool.lock);
+    pool.stop = 1;
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    for (int i = 0; i < pool.helpers; i++) pthread_join(pool.helper[i], NULL);
+    pool.helpers = 0;
+}
+
+void bl_set_threads(int n) {
+    pthread_mutex_lock(&pool.lock);
+    pool.threads = n > 0 ? n : 0;
+    pthread_mutex_unlock(&pool.lock);
+}
+
+// Threads for the calling thread's next loop: bl_set_threads, else OpenMP's setting (which
+// follows OMP_NUM_THREADS and omp_set_num_threads), else OMP_NUM_THREADS, else every core.
+static int thread_count(void) {
+    pthread_mutex_lock(&pool.lock);
+    int n = pool.threads;
+    pthread_mutex_unlock(&pool.lock);
+    if (n > 0) return n;
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    const char *env = getenv("OMP_NUM_THREADS");
+    n = env ? atoi(env) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? n : 1;
+#endif
+}
+
+// task(arg, i) for i in 0..n-1, on up to thread_count() threads when `work` (multiply-adds, say)
+// is worth it. Items must be independent. A loop inside a loop, or a second caller while a loop
+// runs, runs on its own thread.
+static void parallel_for(Task task, void *arg, int n, long work) {
+    int width = work >= PARALLEL_MIN_WORK && n > 1 ? thread_count() : 1;
+    width = width < n ? width : n;
+    width = width < MAX_HELPERS + 1 ? width : MAX_HELPERS + 1;
+    if (width <= 1 || pthread_mutex_trylock(&pool.busy) != 0) {
+        for (int i = 0; i < n; i++) task(arg, i);
+        return;
+    }
+    pthread_mutex_lock(&pool.lock);
+    while (pool.helpers < width - 1 && !pool.stop &&
+           pthread_create(&pool.helper[pool.helpers], NULL, helper_main, (void *)(intptr_t)pool.helpers) == 0)
+        if (pool.helpers++ == 0) atexit(stop_helpers);
+    unsigned g = atomic_load(&pool.gen) + 1;
+    pool.task = task, pool.arg = arg, pool.n = n, pool.width = width;
+    atomic_store(&pool.done, 0);
+    atomic_store(&pool.next, (unsigned long long)g << 32);
+    atomic_store(&pool.gen, g);
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    take_items(g, task, arg, n);
+    for (long spin = 0; atomic_load(&pool.done) < n; spin++) {  // items a helper took are finishing
+        if (spin < 1000) cpu_relax();
+        else sched_yield();
+    }
+    pthread_mutex_unlock(&pool.busy);
+}
+
+// ----------------------------------------------------------------------------------------------
 // kernels: the few loops all the time goes into. These are the reference versions: plain C that
 // any compiler builds. run_simd.h replaces the matrix kernels with vectorized ones when the build
 // targets AVX-512 (make's -march=native) and BL_REFERENCE is not defined.
@@ -481,8 +616,6 @@ void bl_state_free(bl_state *s) {
     free(s);
 }
 
-// Below this many multiply-adds a parallel loop costs more in thread wake-ups than it saves.
-#define PARALLEL_MIN_WORK (1L << 16)
 #define BLOCK 16  // rows of W per unit of parallel work (a multiple of every kernel's row tile)
 
 // One matrix product of a pass: y[b, :] = W_l x[b, :] for the pass's B rows.
@@ -491,29 +624,43 @@ typedef struct {
     const Tensor *w;
 } MatJob;
 
+// The matrix products of one parallel loop: items are blocks of BLOCK rows of every job's W.
+typedef struct {
+    bl_state *s;
+    const float *x;
+    const MatJob *jobs;
+    int l, B, n, gs, n_jobs, first[4];  // first[j]: job j's first block
+} MatTask;
+
+static void matmul_block(void *arg, int k) {
+    const MatTask *t = arg;
+    int j = t->n_jobs - 1;
+    while (t->first[j] > k) j--;
+    const Tensor *w = t->jobs[j].w;
+    const char *base = w->p + (size_t)t->l * w->stride;
+    int i0 = (k - t->first[j]) * BLOCK, i1 = i0 + BLOCK < w->rows ? i0 + BLOCK : w->rows;
+    if (!t->gs) rows_f32_fast(t->jobs[j].y, t->x, (const float *)(const void *)base, t->n, w->rows, i0, i1, t->B);
+    else rows_q8_fast(t->jobs[j].y, t->s->xq, t->s->xs, (const int8_t *)base, base + (size_t)w->rows * t->n, t->n,
+                      w->rows, t->gs, i0, i1, t->B);
+}
+
 // Run the jobs (matrices of the same input width, like Q, K and V) on the same B input rows, in
-// one parallel loop over blocks of rows: one fork and join for all of them. int8 weights first
-// quantize x per group, like llama2.c's runq. Which thread computes a row never changes its value.
+// one parallel loop over blocks of rows: one wake-up of the helpers for all of them. int8 weights
+// first quantize x per group, like llama2.c's runq. Which thread computes a row never changes its
+// value.
 static void matmuls(bl_state *s, int l, const float *x, int B, const MatJob *jobs, int n_jobs) {
-    int n = jobs[0].w->cols, gs = jobs[0].w->gs, blocks = 0, first[4];
+    MatTask t = {s, x, jobs, l, B, jobs[0].w->cols, jobs[0].w->gs, n_jobs, {0}};
+    int blocks = 0;
     long work = 0;
-    if (gs)
-        for (int b = 0; b < B; b++) quantize(s->xq + (size_t)b * n, s->xs + (size_t)b * (n / gs), x + (size_t)b * n, n, gs);
+    if (t.gs)
+        for (int b = 0; b < B; b++)
+            quantize(s->xq + (size_t)b * t.n, s->xs + (size_t)b * (t.n / t.gs), x + (size_t)b * t.n, t.n, t.gs);
     for (int j = 0; j < n_jobs; j++) {
-        first[j] = blocks;
+        t.first[j] = blocks;
         blocks += (jobs[j].w->rows + BLOCK - 1) / BLOCK;
-        work += (long)jobs[j].w->rows * n * B;
+        work += (long)jobs[j].w->rows * t.n * B;
     }
-    #pragma omp parallel for schedule(static) if (work >= PARALLEL_MIN_WORK)
-    for (int k = 0; k < blocks; k++) {
-        int j = n_jobs - 1;
-        while (first[j] > k) j--;
-        const Tensor *w = jobs[j].w;
-        const char *base = w->p + (size_t)l * w->stride;
-        int i0 = (k - first[j]) * BLOCK, i1 = i0 + BLOCK < w->rows ? i0 + BLOCK : w->rows;
-        if (!gs) rows_f32_fast(jobs[j].y, x, (const float *)(const void *)base, n, w->rows, i0, i1, B);
-        else rows_q8_fast(jobs[j].y, s->xq, s->xs, (const int8_t *)base, base + (size_t)w->rows * n, n, w->rows, gs, i0, i1, B);
-    }
+    parallel_for(matmul_block, &t, blocks, work);
 }
 
 // x = the embedding row of token (int8 rows are dequantized on the fly: no fp32 copy of the table)
@@ -534,33 +681,44 @@ static float *cache_row(const bl_state *s, float *cache, int seq, int l, int pos
     return cache + (((size_t)seq * p->n_layers + l) * s->n_pos + pos) * kv_dim(p);
 }
 
-// s->xb = attention of each row's query over positions 0..pos of its sequence's layer-l cache,
-// head by head. Query head h reads key/value head h / (n_heads / n_kv_heads): grouped-query attention.
-static void attention(bl_state *s, int l, int B) {
+typedef struct {
+    bl_state *s;
+    int l;
+} AttTask;
+
+// One (row, head) of attention: s->xb's slice = that head's attention of the row's query over
+// positions 0..pos of its sequence's layer-l cache. Query head h reads key/value head
+// h / (n_heads / n_kv_heads): grouped-query attention.
+static void attention_head(void *arg, int bh) {
+    const AttTask *t = arg;
+    bl_state *s = t->s;
     const bl_config *p = &s->m->cfg;
     int hs = p->dim / p->n_heads, KV = kv_dim(p), group = p->n_heads / p->n_kv_heads;
-    long work = 0;
-    for (int b = 0; b < B; b++) work += (long)p->dim * (s->pos[b] + 1);
-    #pragma omp parallel for if (work >= PARALLEL_MIN_WORK)
-    for (int bh = 0; bh < B * p->n_heads; bh++) {
-        int b = bh / p->n_heads, h = bh % p->n_heads, pos = s->pos[b];
-        const float *q = s->q + (size_t)b * p->dim + (size_t)h * hs;
-        const float *keys = cache_row(s, s->key_cache, s->seq[b], l, 0) + (size_t)(h / group) * hs;
-        const float *values = cache_row(s, s->value_cache, s->seq[b], l, 0) + (size_t)(h / group) * hs;
-        float *att = s->att + (size_t)bh * s->n_pos, *xb = s->xb + (size_t)b * p->dim + (size_t)h * hs;
-        for (int t = 0; t <= pos; t++) {
-            const float *k = keys + (size_t)t * KV;
-            float score = 0.0f;
-            for (int i = 0; i < hs; i++) score += q[i] * k[i];
-            att[t] = score / sqrtf((float)hs);
-        }
-        softmax(att, pos + 1);
-        memset(xb, 0, (size_t)hs * sizeof(float));
-        for (int t = 0; t <= pos; t++) {
-            const float *v = values + (size_t)t * KV;
-            for (int i = 0; i < hs; i++) xb[i] += att[t] * v[i];
-        }
+    int b = bh / p->n_heads, h = bh % p->n_heads, pos = s->pos[b];
+    const float *q = s->q + (size_t)b * p->dim + (size_t)h * hs;
+    const float *keys = cache_row(s, s->key_cache, s->seq[b], t->l, 0) + (size_t)(h / group) * hs;
+    const float *values = cache_row(s, s->value_cache, s->seq[b], t->l, 0) + (size_t)(h / group) * hs;
+    float *att = s->att + (size_t)bh * s->n_pos, *xb = s->xb + (size_t)b * p->dim + (size_t)h * hs;
+    for (int i = 0; i <= pos; i++) {
+        const float *k = keys + (size_t)i * KV;
+        float score = 0.0f;
+        for (int j = 0; j < hs; j++) score += q[j] * k[j];
+        att[i] = score / sqrtf((float)hs);
     }
+    softmax(att, pos + 1);
+    memset(xb, 0, (size_t)hs * sizeof(float));
+    for (int i = 0; i <= pos; i++) {
+        const float *v = values + (size_t)i * KV;
+        for (int j = 0; j < hs; j++) xb[j] += att[i] * v[j];
+    }
+}
+
+// s->xb = attention for every row and head of the pass.
+static void attention(bl_state *s, int l, int B) {
+    AttTask t = {s, l};
+    long work = 0;
+    for (int b = 0; b < B; b++) work += (long)s->m->cfg.dim * (s->pos[b] + 1);
+    parallel_for(attention_head, &t, B * s->m->cfg.n_heads, work);
 }
 
 // One transformer block over the pass's B rows: attention then feed-forward, each added to the
@@ -1056,6 +1214,31 @@ typedef struct {
     bl_sampler *sampler;
 } Story;
 
+// One step of a batch: row b of the pass belongs to story row_of[b].
+typedef struct {
+    Story *st;
+    const int *row_of;
+    float *logits;
+    int *tokens, *n_tokens;
+    int vocab_size, max_new;
+} StepTask;
+
+// The CLI's loop for one story: force the prompt, then sample; keep the new token.
+static void story_step(void *arg, int b) {
+    const StepTask *t = arg;
+    int i = t->row_of[b];
+    Story *x = &t->st[i];
+    int next = x->pos < x->n_prompt - 1 ? x->prompt[x->pos + 1]
+                                        : bl_sample(x->sampler, t->logits + (size_t)b * t->vocab_size);
+    x->pos++;
+    if (next == 1) x->done = 1;  // BOS: another story would begin
+    else {
+        if (x->pos >= x->n_prompt) t->tokens[(size_t)i * t->max_new + t->n_tokens[i]++] = next;
+        x->done = next == 2;      // EOS is kept, then the story ends
+        x->token = next;
+    }
+}
+
 int bl_generate_batch(const bl_model *m, int n, const int *const *prompts, const int *prompt_lens,
                       int max_new, float temperature, float top_p, int top_k,
                       const unsigned long long *seeds, int *tokens, int *n_tokens, char *err, size_t errlen) {
@@ -1091,20 +1274,8 @@ int bl_generate_batch(const bl_model *m, int n, const int *const *prompts, const
         for (int i = 0; rc == BL_OK && i < n; i++)
             if (!st[i].done && st[i].pos < st[i].steps) tok[B] = st[i].token, pos[B] = st[i].pos, seq[B] = i, row_of[B++] = i;
         if (B == 0) break;
-        float *logits = forward_rows(s, B, tok, pos, seq, 1);
-        #pragma omp parallel for if ((long)B * p->vocab_size >= 4 * PARALLEL_MIN_WORK)
-        for (int b = 0; b < B; b++) {  // the CLI's loop for each story: force the prompt, then sample
-            Story *x = &st[row_of[b]];
-            int next = x->pos < x->n_prompt - 1 ? x->prompt[x->pos + 1]
-                                                : bl_sample(x->sampler, logits + (size_t)b * p->vocab_size);
-            x->pos++;
-            if (next == 1) x->done = 1;  // BOS: another story would begin
-            else {
-                if (x->pos >= x->n_prompt) tokens[(size_t)row_of[b] * max_new + n_tokens[row_of[b]]++] = next;
-                x->done = next == 2;      // EOS is kept, then the story ends
-                x->token = next;
-            }
-        }
+        StepTask t = {st, row_of, forward_rows(s, B, tok, pos, seq, 1), tokens, n_tokens, p->vocab_size, max_new};
+        parallel_for(story_step, &t, B, (long)B * p->vocab_size);  // the samplers are independent
     }
     for (int i = 0; st && i < n; i++) bl_sampler_free(st[i].sampler);
     bl_state_free(s);
@@ -1262,7 +1433,7 @@ static void usage(FILE *f) {
                "  -z <string> tokenizer path, default tokenizer.bin\n"
                "  -m <string> mode: generate|chat, default generate\n"
                "  -y <string> system prompt in chat mode\n"
-               "  -T <int>    threads (OpenMP builds), default: all cores\n"
+               "  -T <int>    threads, default: OMP_NUM_THREADS, else all cores\n"
                "  -b <int>    stories at once (seeds -s, -s + 1, ...), printed one after another, default 1\n"
                "  -h          this help\n");
 }
@@ -1346,9 +1517,6 @@ static int check_options(Options *o) {
         return fprintf(stderr, "error: -y (system prompt) needs -m chat\n"), 1;
     if (o->batch > 1 && strcmp(o->mode, "generate"))
         return fprintf(stderr, "error: -b (stories at once) needs -m generate\n"), 1;
-#ifndef _OPENMP
-    if (o->threads > 1) return fprintf(stderr, "error: -T %d: this ./run was built without OpenMP\n", o->threads), 1;
-#endif
     if (o->seed <= 0) o->seed = (long long)time(NULL);  // llama2.c: 0 or less means the time
     return 0;
 }
@@ -1400,9 +1568,7 @@ int main(int argc, char **argv) {
     int rc = parse_args(&o, argc, argv);
     if (rc) return rc == 2 ? 0 : 1;
     if (check_options(&o)) return 1;
-#ifdef _OPENMP
-    if (o.threads > 0) omp_set_num_threads(o.threads);
-#endif
+    if (o.threads > 0) bl_set_threads(o.threads);
     char err[BL_ERRLEN];
     bl_model *m = NULL;
     bl_state *st = NULL;

@@ -53,14 +53,15 @@ def cc_accepts(flags, code="int main(void){return 0;}\n"):
 
 
 def compile_flags():
-    """(compile args, link args): the Makefile's: -O3 -std=c11, -march=native and -fopenmp when
-    they work."""
+    """(compile args, link args): the Makefile's: -O3 -std=c11 -pthread, -march=native and
+    -fopenmp when they work."""
     if "BABYLLAMA_CFLAGS" in os.environ:
         extra = shlex.split(os.environ["BABYLLAMA_CFLAGS"])
-        return ["-O3", "-std=c11"] + extra, extra  # link with them too (-fopenmp, -fsanitize=...)
+        return ["-O3", "-std=c11", "-pthread"] + extra, ["-pthread"] + extra  # link with them too (-fopenmp, ...)
     # -std=c11 as the Makefile: strict ISO C turns off FMA contraction, so the bindings compute
-    # bit for bit the logits ./run computes
-    cflags, ldflags = ["-O3", "-std=c11"], []
+    # bit for bit the logits ./run computes. -march=native turns on run_simd.h's AVX-512 kernels
+    # where the CPU has them (as for ./run); -pthread for run.c's thread pool.
+    cflags, ldflags = ["-O3", "-std=c11", "-pthread"], ["-pthread"]
     if cc_accepts(["-march=native"]):
         cflags.append("-march=native")
     if cc_accepts(["-fopenmp"], "#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n"):

@@ -1,19 +1,29 @@
 """
-Generation speed of the C engine (./run and the Python bindings) beside PyTorch, as a table.
+Speed of the C engine beside the machine's limits, as tables.
 
-    python bench/run_speed.py                       # stories15M and stories110M shapes, 1 and 2 threads
-    python bench/run_speed.py --shapes 15M --runs 5 --tokens 256
+    python bench/run_speed.py                  # the engine table: 15M, 42M, 110M shapes (~3 minutes)
+    python bench/run_speed.py --shapes 15M     # one shape
+    python bench/run_speed.py --compare        # also ./run, the bindings and PyTorch, 1 and 2 threads
 
-What it measures: tokens per second while generating from BOS with temperature 1.0 and top-p 0.9,
-on random-weight models in llama2.c's stories15M and stories110M shapes (vocab 32000), exported by
-export.py as version 1 (fp32) and version 2 (int8 groups of 64). Engines: `./run` (its own
-"achieved tok/s" line, which leaves out the first position), the bindings (`Model.generate`,
-stream=True, tokens counted as they arrive, timed around the call), and PyTorch's KV-cached
-`model.generate` on the same weights (read back with export.load_bin; for the int8 files PyTorch
-runs the dequantized fp32 weights, so that column repeats the fp32 measurement). Each cell is the
-median of --runs runs in a fresh process with OMP_NUM_THREADS and torch.set_num_threads set to the
-thread count. The models are written once to --work (default out/bench) and reused.
-What it does not do: check correctness (the tests do) or measure prompt processing.
+The engine table (the default): first the machine, measured in the same run (bench/machine.c:
+memory read bandwidth and fp32 FMA peak, 1 and 2 threads). Then, for random-weight models in
+llama2.c's stories15M, stories42M and stories110M shapes (vocab 32000), exported by export.py as
+version 1 (fp32) and version 2 (int8 groups of 64, or the largest size that divides the widths),
+bench/speed.c (the engine through babyllama.h, OMP_NUM_THREADS=--threads) measures:
+- decode tok/s: bl_forward + bl_sample (t=1, top-p 0.9) one token at a time, as ./run does;
+  GB/s = the weight bytes read per token x tok/s; % floor = tok/s / (read bandwidth / weight bytes),
+  decoding one stream reads every weight once per token, so that is its speed limit;
+- the same decode with run.c's portable reference kernels (`-DBL_REFERENCE`, built in this run
+  with the same flags): "ref" and the speedup over it;
+- prefill tok/s: a 200-token prompt in one bl_prefill (best of 3), and its ratio to decode;
+- batch: bl_generate_batch of 1 and of --batch stories (t=1, top-p 0.9): new tokens of all
+  stories per second, and the ratio.
+Then: 2 threads against 1 (110M fp32 decode), a build without OpenMP against the OpenMP build on
+one thread (15M fp32), and what top-p costs per token (bench/topp.c) beside a 15M token's time.
+The --compare table is the previous issue's: tok/s of ./run, of the bindings and of PyTorch's
+KV-cached generate on the same weights, 1 and 2 threads, median of --runs.
+What it does not do: check correctness (the tests do). Numbers depend on the machine's load: the
+load average is printed with them.
 """
 import argparse
 import json
@@ -29,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = {  # llama2.c's published shapes (FORMATS.md §2)
     "15M": dict(dim=288, n_layers=6, n_heads=6, hidden_dim=768, max_seq_len=256),
+    "42M": dict(dim=512, n_layers=8, n_heads=8, hidden_dim=1376, max_seq_len=1024),
     "110M": dict(dim=768, n_layers=12, n_heads=12, hidden_dim=2048, max_seq_len=1024),
 }
 VOCAB = 32000
@@ -129,13 +140,95 @@ def in_process(kind, model, tok, tokens, runs, threads):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+# ---------------------------------------------------------------------------------------------
+# the engine table: bench/speed.c (fast and reference kernels), bench/machine.c, bench/topp.c
+
+TOKENS = {"15M": (128, 32), "42M": (64, 16), "110M": (32, 8)}  # decode positions, new tokens per story
+
+
+def build(targets):
+    """make the bench programs (the Makefile's flags: -O3 -march=native, OpenMP)."""
+    res = subprocess.run(["make", "-s", *targets], cwd=ROOT, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"error: make {' '.join(targets)} failed: {res.stderr.strip()[-2000:]}")
+
+
+def run_json(cmd, threads, timeout=900):
+    """Run a bench program with OMP_NUM_THREADS=threads; its last stdout line is JSON."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=timeout)
+    if res.returncode != 0:
+        sys.exit(f"error: {' '.join(map(str, cmd))} failed: {res.stderr.strip()[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def speed(binary, model, shape, threads, batch, prefill=200):
+    steps, new = TOKENS[shape]
+    return run_json([ROOT / "build" / binary, model, steps, prefill, batch, new], threads)
+
+
+def engine_table(shapes, models, threads, batch):
+    build(["build/machine", "build/speed", "build/speed_ref", "build/speed_serial", "build/topp"])
+    one = run_json([ROOT / "build" / "machine"], 1)
+    many = run_json([ROOT / "build" / "machine"], threads)
+    bw = many["read_gbs"]
+    print(f"# machine: memory read {one['read_gbs']:.1f} GB/s (1 thread), {bw:.1f} GB/s ({threads} threads); "
+          f"fp32 FMA peak {one['fma_gflops']:.0f} GFLOP/s (1 thread), {many['fma_gflops']:.0f} GFLOP/s "
+          f"({threads} threads)")
+    print(f"# engine: {threads} threads; decode from BOS with t=1.0, top-p 0.9; floor = read bandwidth / "
+          f"weight bytes; ref = run.c's reference kernels (-DBL_REFERENCE); prefill = a 200-token "
+          f"prompt in one pass; batch = {batch} stories at once vs 1 (aggregate new tok/s)")
+    head = ("| model | format | weights MB | decode tok/s | GB/s | % floor | ref tok/s | speedup | "
+            f"prefill tok/s | prefill/decode | batch 1 tok/s | batch {batch} tok/s | batch gain |")
+    print(head)
+    print("|" + "|".join("---" for _ in head.split("|")[1:-1]) + "|")
+    decode = {}
+    for shape in shapes:
+        for fmt in ("fp32", "int8"):
+            model = models[(shape, fmt)]
+            mb = model.stat().st_size / 1e6
+            fast = speed("speed", model, shape, threads, batch)
+            ref = speed("speed_ref", model, shape, threads, batch)
+            d = decode[(shape, fmt)] = fast["decode"]
+            floor = bw * 1e3 / mb
+            print(f"| stories{shape} | {fmt} | {mb:.0f} | {d:.1f} | {d * mb / 1e3:.1f} | {100 * d / floor:.0f}% | "
+                  f"{ref['decode']:.1f} | {d / ref['decode']:.2f}x | {fast['prefill']:.0f} | "
+                  f"{fast['prefill'] / d:.1f}x | {fast['batch1']:.1f} | {fast['batchN']:.0f} | "
+                  f"{fast['batchN'] / fast['batch1']:.1f}x |", flush=True)
+            print(f"|   reference kernels |  |  | {ref['decode']:.1f} |  |  |  |  | {ref['prefill']:.0f} | "
+                  f"{ref['prefill'] / ref['decode']:.1f}x | {ref['batch1']:.1f} | {ref['batchN']:.0f} | "
+                  f"{ref['batchN'] / ref['batch1']:.1f}x |", flush=True)
+    big = "110M" if "110M" in shapes else shapes[-1]
+    t1 = speed("speed", models[(big, "fp32")], big, 1, 0, prefill=0)["decode"]
+    print(f"# threads: stories{big} fp32 decode {t1:.1f} tok/s on 1 thread, {decode[(big, 'fp32')]:.1f} on "
+          f"{threads}: {decode[(big, 'fp32')] / t1:.2f}x")
+    small = "15M" if "15M" in shapes else shapes[0]
+    omp1 = speed("speed", models[(small, "fp32")], small, 1, 0, prefill=0)["decode"]
+    serial = speed("speed_serial", models[(small, "fp32")], small, 1, 0, prefill=0)["decode"]
+    print(f"# without OpenMP: stories{small} fp32 decode {serial:.1f} tok/s, with OpenMP on 1 thread "
+          f"{omp1:.1f} tok/s ({serial / omp1:.2f}x)")
+    tp = run_json([ROOT / "build" / "topp"], 1)
+    for dist in ("flat", "peaked"):
+        x = tp[dist]
+        cost = max(x["topp_us"] - x["off_us"], 0.0)
+        share = ", ".join(f"{100 * cost * decode[(small, f)] / 1e6:.1f}% of a stories{small} {f} token"
+                          for f in ("fp32", "int8"))
+        print(f"# top-p 0.9 over 32000 tokens, {dist} distribution: {cost:.0f} us per token beyond plain "
+              f"sampling ({x['off_us']:.0f} us; llama2.c's qsort top-p: "
+              f"{max(x['llama2c_us'] - x['off_us'], 0.0):.0f} us), {share}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shapes", default="15M,110M", help="comma separated: 15M, 110M")
-    ap.add_argument("--threads", default="1,2", help="comma separated thread counts")
+    ap.add_argument("--shapes", default="15M,42M,110M", help="comma separated: 15M, 42M, 110M")
+    ap.add_argument("--engine_threads", type=int, default=2, help="threads for the engine table")
+    ap.add_argument("--batch", type=int, default=32, help="stories at once for the batch columns")
+    ap.add_argument("--compare", action="store_true",
+                    help="also the ./run / bindings / PyTorch table (1 and 2 threads; minutes more)")
+    ap.add_argument("--threads", default="1,2", help="comma separated thread counts (--compare)")
     ap.add_argument("--tokens", type=int, default=0,
-                    help="tokens per run (default: 128 for 15M, 48 for 110M)")
-    ap.add_argument("--runs", type=int, default=3, help="runs per cell; the median is shown")
+                    help="tokens per run for --compare (default: 128 for 15M, 64 for 42M, 48 for 110M)")
+    ap.add_argument("--runs", type=int, default=3, help="runs per --compare cell; the median is shown")
     ap.add_argument("--work", default=str(ROOT / "out" / "bench"), help="where the models are written")
     ap.add_argument("--worker", choices=("bindings", "torch"), help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -155,11 +248,25 @@ def main():
     for s in shapes:
         if s not in SHAPES:
             sys.exit(f"error: --shapes: unknown shape {s!r} (known: {', '.join(SHAPES)})")
+    if args.engine_threads < 1 or args.batch < 2:
+        sys.exit("error: --engine_threads must be >= 1 and --batch >= 2")
+    work = Path(args.work)
+    models = make_models(work, shapes)
+    load = os.getloadavg()
+    print(f"# {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    t_start = time.time()
+    engine_table(shapes, models, args.engine_threads, args.batch)
+    if args.compare:
+        compare_table(args, shapes, models, work)
+    load = os.getloadavg()
+    print(f"# total {time.time() - t_start:.0f} s; load average after: {load[0]:.2f}")
+
+
+def compare_table(args, shapes, models, work):
+    """The previous issue's table: ./run, the bindings and PyTorch, 1 and 2 threads."""
     threads = [int(t) for t in args.threads.split(",") if t]
     if not (ROOT / "run").exists():
         sys.exit("error: ./run is not built (run `make`)")
-    work = Path(args.work)
-    models = make_models(work, shapes)
     tok = work / "tokenizer32000.bin"
     if not tok.exists():
         write_tokenizer(tok)
@@ -173,7 +280,7 @@ def main():
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
     t_start = time.time()
     for shape in shapes:
-        tokens = args.tokens or (128 if shape == "15M" else 48)
+        tokens = args.tokens or {"15M": 128, "42M": 64}.get(shape, 48)
         for t in threads:
             torch_rate = None
             for fmt in ("fp32", "int8"):
@@ -186,7 +293,7 @@ def main():
                 print(f"| {'stories' + shape:<12} | {fmt:<6} | {t:>7} | {tokens:>6} | {cli:>8.1f} | "
                       f"{py:>8.1f} | {torch_rate:>8.1f} | {cli / torch_rate:>8.2f}x |", flush=True)
     print(f"# PyTorch {__import__('torch').__version__} runs the dequantized fp32 weights in the "
-          f"int8 rows; total {time.time() - t_start:.0f} s")
+          f"int8 rows; {time.time() - t_start:.0f} s")
 
 
 if __name__ == "__main__":
