@@ -53,7 +53,8 @@ def main():
     (corpus / "encode" / "bad_utf8").write_bytes(b"\xff\xfe\x80abc\xc3")
     argvs = {"greedy": ["-t", "0", "-n", "8", "-i", "Once upon"], "sample": ["-t", "1", "-p", "0.9", "-s", "3"],
              "topk": ["-k", "2", "-s", "1", "-n", "0"], "chat": ["-m", "chat", "-y", "sys", "-i", "hi"],
-             "bad": ["-n", "99"], "help": ["-h"]}
+             "bad": ["-n", "99"], "help": ["-h"], "batch": ["-b", "2", "-s", "3", "-n", "8", "-i", "Once"],
+             "threads": ["-T", "2", "-t", "0"]}
     for name, argv in argvs.items():
         (corpus / "cli" / name).write_bytes(b"\0".join(a.encode() for a in argv))
 
