@@ -103,7 +103,7 @@ test-c: build/test_api_debug $(if $(TSAN),build/test_api_tsan) build/test_api bu
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := checkpoint tokenizer encode cli
-FUZZ_FLAGS   := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+FUZZ_FLAGS   := -g -O1 -fno-omit-frame-pointer $(NATIVE) -pthread -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 FUZZ_OPTS    := -timeout=10 -rss_limit_mb=2048 -close_fd_mask=3 -print_final_stats=1
 
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h run.c run_simd.h babyllama.h
@@ -143,7 +143,7 @@ valgrind: build/test_api_plain build/run_plain
 	$(VALGRIND) ./build/test_api_plain
 	$(VALGRIND) ./build/run_plain tests/fuzz/corpus/checkpoint/v2_g8.bin -z tests/fuzz/corpus/tokenizer/tok8.bin -n 4 -s 1 -i "a"
 	@if [ -f $(VALGRIND_MODEL) ]; then echo "$(VALGRIND) ./build/run_plain $(VALGRIND_MODEL) ..."; \
-	  $(VALGRIND) ./build/run_plain $(VALGRIND_MODEL) -z $(VALGRIND_TOK) -n 64 -s 42 -i "Once upon a time" >/dev/null; \
+	  $(VALGRIND) ./build/run_plain $(VALGRIND_MODEL) -z $(VALGRIND_TOK) -n 64 -s 42 -T 2 -i "Once upon a time" >/dev/null; \
 	else echo "valgrind: $(VALGRIND_MODEL) absent: generation checked on the tiny seed model only"; fi
 
 VALGRIND_MODEL ?= ../shared/models/aidreams260K/aidreams260K.bin
