@@ -509,6 +509,7 @@ static void rows_q8(float *y, const int8_t *xq, const float *xs, const int8_t *w
 #else
 #define rows_f32_fast rows_f32
 #define rows_q8_fast rows_q8
+#define quantize_fast quantize
 #endif
 
 // cos and sin of RoPE's angle pos * 10000^(-i / head_size) for each pair (i, i+1) of a head:
@@ -654,7 +655,7 @@ static void matmuls(bl_state *s, int l, const float *x, int B, const MatJob *job
     long work = 0;
     if (t.gs)
         for (int b = 0; b < B; b++)
-            quantize(s->xq + (size_t)b * t.n, s->xs + (size_t)b * (t.n / t.gs), x + (size_t)b * t.n, t.n, t.gs);
+            quantize_fast(s->xq + (size_t)b * t.n, s->xs + (size_t)b * (t.n / t.gs), x + (size_t)b * t.n, t.n, t.gs);
     for (int j = 0; j < n_jobs; j++) {
         t.first[j] = blocks;
         blocks += (jobs[j].w->rows + BLOCK - 1) / BLOCK;
@@ -702,6 +703,7 @@ static void attention_head(void *arg, int bh) {
     for (int i = 0; i <= pos; i++) {
         const float *k = keys + (size_t)i * KV;
         float score = 0.0f;
+        #pragma omp simd reduction(+:score)
         for (int j = 0; j < hs; j++) score += q[j] * k[j];
         att[i] = score / sqrtf((float)hs);
     }

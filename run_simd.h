@@ -127,6 +127,38 @@ SIMD_INLINE void tiles_q8(float *y, const int8_t *xq, const float *xs, const int
     }
 }
 
+// run.c's quantize (max |x| per group / 127, round halves away from zero, clamp to [-127, 127],
+// NaN to 0) with 16 values per instruction, for group sizes that are multiples of 16: the same
+// int8 values and scales. Faster because the compiler does not vectorize roundf's rule.
+static void quantize_fast(int8_t *q, float *s, const float *x, int n, int gs) {
+    if (gs % 16) {
+        quantize(q, s, x, n, gs);
+        return;
+    }
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f), lim = _mm512_set1_ps(127.0f);
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int g = 0; g < n / gs; g++) {
+        const float *xg = x + (size_t)g * gs;
+        __m512 m = _mm512_setzero_ps();
+        for (int i = 0; i < gs; i += 16) m = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(xg + i)), m);  // NaN skipped
+        float scale = s[g] = _mm512_reduce_max_ps(m) / 127.0f;
+        if (!(scale > 0.0f)) {
+            memset(q + (size_t)g * gs, 0, (size_t)gs);
+            continue;
+        }
+        __m512 sv = _mm512_set1_ps(scale);
+        for (int i = 0; i < gs; i += 16) {
+            __m512 v = _mm512_div_ps(_mm512_loadu_ps(xg + i), sv);
+            __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            __mmask16 up = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(v, t)), half, _CMP_GE_OQ);
+            __m512 r = _mm512_mask_add_ps(t, up, t, _mm512_or_ps(one, _mm512_and_ps(v, sign)));
+            r = _mm512_min_ps(_mm512_max_ps(r, _mm512_sub_ps(_mm512_setzero_ps(), lim)), lim);
+            r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), r);  // NaN -> 0
+            _mm_storeu_si128((__m128i *)(void *)(q + (size_t)g * gs + i), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(r)));
+        }
+    }
+}
+
 // Other group sizes (8, 48, ...: export.py picks 64, else the largest divisor it can) take
 // run.c's plain loops.
 static void rows_q8_fast(float *y, const int8_t *xq, const float *xs, const int8_t *wq, const char *ws,
@@ -141,4 +173,5 @@ static void rows_q8_fast(float *y, const int8_t *xq, const float *xs, const int8
 }
 #else
 #define rows_q8_fast rows_q8
+#define quantize_fast quantize
 #endif

@@ -492,6 +492,20 @@ static void test_sort_desc(void) {
     }
 }
 
+// The vectorized quantizer (run_simd.h; the same function in other builds) gives the reference's
+// int8 values and scales: halves, clamping, zero groups and NaN included.
+static void test_quantize(void) {
+    enum { N = 128, G = 32 };
+    float x[N], s1[N / G], s2[N / G];
+    int8_t q1[N], q2[N];
+    for (int i = 0; i < N; i++) x[i] = 10.0f * rnd();
+    x[0] = 127.0f, x[5] = 4.5f, x[6] = -4.5f, x[7] = 0.5f, x[8] = NAN;  // scale 1: exact ties; NaN
+    for (int i = 64; i < 96; i++) x[i] = 0.0f;                                           // an all-zero group
+    quantize(q1, s1, x, N, G);
+    quantize_fast(q2, s2, x, N, G);
+    CHECK(memcmp(q1, q2, sizeof q1) == 0 && memcmp(s1, s2, sizeof s1) == 0, "quantize_fast differs from quantize");
+}
+
 // Prefill (many positions in one pass) and batches (many sequences in one pass) compute exactly
 // what one bl_forward per token computes: same logits, same KV cache, same stories.
 static void test_prefill_and_batch(const char *ckpt) {
@@ -561,6 +575,7 @@ int main(void) {
     test_sampler();
     test_threads();
     test_sort_desc();
+    test_quantize();
     test_prefill_and_batch(tmp_path("v1.bin"));
     test_prefill_and_batch(tmp_path("v2.bin"));
     for (int t = 0; t < NT; t++) free(wt[t]);
