@@ -30,6 +30,8 @@ TINY = ["--dim", "32", "--n_layers", "1", "--n_heads", "4", "--n_kv_heads", "4",
 
 def _mount(target, opts):
     target.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("BABYLLAMA_NO_MOUNT"):  # try the fallbacks a machine without mount gets
+        return False
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(target)], capture_output=True)
     return r.returncode == 0
 
