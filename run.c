@@ -307,6 +307,7 @@ static struct {
     pthread_mutex_t busy;            // held by the thread running a job: one job at a time
     pthread_t helper[MAX_HELPERS];
     int helpers, stop, threads;      // started helpers; shutting down; bl_set_threads (0: default)
+    int hooked;                      // the exit and fork handlers are registered
     Task task;                       // the job: task(arg, i) for i in 0..n-1, on `width` threads
     void *arg;
     int n, width;
@@ -362,6 +363,15 @@ static void stop_helpers(void) {
     pool.helpers = 0;
 }
 
+// In a child made by fork() the helpers do not exist and the locks may have been held by one:
+// start from a fresh pool (the child starts its own helpers when it needs them).
+static void pool_after_fork(void) {
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pthread_mutex_init(&pool.busy, NULL);
+    pool.helpers = 0;
+}
+
 void bl_set_threads(int n) {
     pthread_mutex_lock(&pool.lock);
     pool.threads = n > 0 ? n : 0;
@@ -398,7 +408,7 @@ static void parallel_for(Task task, void *arg, int n, long work) {
     pthread_mutex_lock(&pool.lock);
     while (pool.helpers < width - 1 && !pool.stop &&
            pthread_create(&pool.helper[pool.helpers], NULL, helper_main, (void *)(intptr_t)pool.helpers) == 0)
-        if (pool.helpers++ == 0) atexit(stop_helpers);
+        if (pool.helpers++ == 0 && !pool.hooked) pool.hooked = 1, atexit(stop_helpers), pthread_atfork(NULL, NULL, pool_after_fork);
     unsigned g = atomic_load(&pool.gen) + 1;
     pool.task = task, pool.arg = arg, pool.n = n, pool.width = width;
     atomic_store(&pool.done, 0);
