@@ -1135,23 +1135,29 @@ static ProbIndex *sort_desc(ProbIndex *pi, ProbIndex *tmp, int n) {
 }
 
 // Sample within the shortest prefix of pi (sorted, descending) whose mass exceeds top_p
-// (no cut for top_p outside (0, 1)), scaling the coin by that prefix's mass.
-static int sample_prefix(const ProbIndex *pi, int n, float top_p, float coin) {
+// (no cut for top_p outside (0, 1)), scaling the coin by that prefix's mass. llama2.c walks the
+// prefix twice; here the first walk leaves its running sums in pi[].prob (the second walk would add
+// the same terms in the same order, so they are its sums too), and a binary search finds the first
+// one above the coin: they never decrease.
+static int sample_prefix(ProbIndex *pi, int n, float top_p, float coin) {
     float cum = 0.0f;
     int last = n - 1;
     for (int i = 0; i < n; i++) {
         cum += pi[i].prob;
+        pi[i].prob = cum;
         if (top_p > 0.0f && top_p < 1.0f && cum > top_p) {
             last = i;
             break;
         }
     }
-    float r = coin * cum, cdf = 0.0f;
-    for (int i = 0; i <= last; i++) {
-        cdf += pi[i].prob;
-        if (r < cdf) return pi[i].index;
+    float r = coin * cum;
+    int lo = 0, hi = last;  // the first i <= last with r < sum i, else last
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (r < pi[mid].prob) hi = mid;
+        else lo = mid + 1;
     }
-    return pi[last].index;
+    return pi[lo].index;
 }
 
 // llama2.c's top-p: drop candidates below (1 - top_p) / (n - 1) (they cannot be in the nucleus),

@@ -492,6 +492,61 @@ static void test_sort_desc(void) {
     }
 }
 
+// llama2.c's sample_topp, verbatim in spirit: filter, stable sort, walk the prefix twice.
+static int llama2c_topp(const float *p, int n, float top_p, float coin, ProbIndex *pi) {
+    int n0 = 0;
+    float cutoff = (1.0f - top_p) / (float)(n - 1);
+    for (int i = 0; i < n; i++)
+        if (p[i] >= cutoff) pi[n0++] = (ProbIndex){p[i], i};
+    for (int i = 1; i < n0; i++)  // stable insertion sort, descending
+        for (int j = i; j > 0 && pi[j - 1].prob < pi[j].prob; j--) {
+            ProbIndex t = pi[j];
+            pi[j] = pi[j - 1], pi[j - 1] = t;
+        }
+    float cum = 0.0f;
+    int last = n0 - 1;
+    for (int i = 0; i < n0; i++) {
+        cum += pi[i].prob;
+        if (cum > top_p) {
+            last = i;
+            break;
+        }
+    }
+    float r = coin * cum, cdf = 0.0f;
+    for (int i = 0; i <= last; i++) {
+        cdf += pi[i].prob;
+        if (r < cdf) return pi[i].index;
+    }
+    return pi[last].index;
+}
+
+// Top-p (radix sort, one walk + binary search) picks llama2.c's token for every coin: flat,
+// peaked and tied distributions.
+static void test_topp_matches_llama2c(void) {
+    enum { N = 600 };
+    static float p[N], work[N];
+    static ProbIndex pi[N];
+    bl_sampler *s = NULL;
+    char err[BL_ERRLEN];
+    bl_sampler_new(N, 1.0f, 0.9f, 0, 1, &s, err, sizeof err);
+    int mismatches = 0;
+    for (int trial = 0; trial < 3 && s; trial++) {
+        float sum = 0.0f;
+        for (int i = 0; i < N; i++) {
+            p[i] = trial == 0 ? 1.0f + 0.001f * rnd() : trial == 1 ? expf(12.0f * rnd()) : (float)(1 + i % 5);
+            sum += p[i];
+        }
+        for (int i = 0; i < N; i++) p[i] /= sum;
+        for (int c = 0; c < 200; c++) {
+            float coin = (c + 0.5f) / 200.0f;
+            memcpy(work, p, sizeof p);
+            mismatches += sample_topp(s, work, coin) != llama2c_topp(p, N, 0.9f, coin, pi);
+        }
+    }
+    CHECK(s && mismatches == 0, "top-p differs from llama2.c's in %d of 600 draws", mismatches);
+    bl_sampler_free(s);
+}
+
 // The vectorized quantizer (run_simd.h; the same function in other builds) gives the reference's
 // int8 values and scales: halves, clamping, zero groups and NaN included.
 static void test_quantize(void) {
@@ -576,6 +631,7 @@ int main(void) {
     test_threads();
     test_sort_desc();
     test_quantize();
+    test_topp_matches_llama2c();
     test_prefill_and_batch(tmp_path("v1.bin"));
     test_prefill_and_batch(tmp_path("v2.bin"));
     for (int t = 0; t < NT; t++) free(wt[t]);
