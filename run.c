@@ -1,21 +1,24 @@
 /*
- * run.c: inference for Llama 2 models in one file of pure C (C11, libc + libm; OpenMP optional).
+ * run.c: inference for Llama 2 models in one file of pure C (C11, libc + libm + POSIX threads;
+ * OpenMP optional), plus run_simd.h's AVX-512 kernels where the compiler targets them.
  *
  * What it does: memory-maps a llama2.c checkpoint (version 0 "legacy", version 1 fp32, version 2
  * int8 groups; told apart by the header, FORMATS.md §2), reads llama2.c's tokenizer.bin (§3),
- * encodes prompts exactly like sentencepiece, runs the transformer one token at a time with a KV
- * cache (grouped-query attention), samples like llama2.c (same RNG, same top-p), and tells a story
- * or chats from the command line. The public API (babyllama.h) serves the Python bindings.
+ * encodes prompts exactly like sentencepiece, runs the transformer with a KV cache (grouped-query
+ * attention) one token at a time, or many rows per pass (a whole prompt, many stories at once:
+ * each weight is read once per pass), samples like llama2.c (same RNG, same top-p), and tells a
+ * story (or -b stories at once) or chats from the command line. The public API (babyllama.h) serves the Python bindings.
  * What it does not do: train, export, or run on a GPU. Nothing here exits on bad input except
  * main(): every library function returns an error code with a one-line message.
  *
  * Where it differs from llama2.c's run on purpose: bad input (a malformed file, an unknown flag, a
  * prompt or an -n that does not fit the context, -t < 0, -p outside [0, 1]) is a one-line error and
  * exit status 1 instead of a crash or a silent clamp; lone bytes >= 0x80 (pieces of UTF-8
- * characters) are printed; -k (top-k) and -T (threads) are new. Otherwise the same arguments and
- * seed print the same story.
+ * characters) are printed; -k (top-k), -T (threads) and -b (stories at once) are new. Otherwise the
+ * same arguments and seed print the same story (the fast kernels, prompt passes and batches give
+ * each token the same logits bit for bit as one-token passes; top-p picks llama2.c's token).
  *
- * Sections: errors, checkpoint, kernels, forward, tokenizer, sampler, generation, CLI.
+ * Sections: errors, checkpoint, threads, kernels, forward, tokenizer, sampler, generation, CLI.
  *
  *     make && ./run model.bin -z tokenizer.bin -i "Once upon a time"
  */
