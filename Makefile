@@ -11,7 +11,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: all debug test test-c fuzz fuzz-regress valgrind quickstart story-model venv clean
+.PHONY: all debug test test-c fuzz fuzz-regress fuzz-replay valgrind quickstart story-model venv clean
 
 all: run
 
@@ -118,6 +118,15 @@ fuzz-regress: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 	    ./build/fuzz/fuzz_$$t $(FUZZ_OPTS) $$files >build/fuzz/regress-$$t.log 2>&1 || { tail -40 build/fuzz/regress-$$t.log; exit 1; }; fi; \
 	done
 
+# the same targets without libFuzzer (gcc, ASan + UBSan): every seed and regression input, once
+build/fuzz_replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c tests/fuzz/fuzz.h run.c run_simd.h babyllama.h
+	@mkdir -p build
+	$(CC) $(WARN) $(SANITIZE) -pthread -I. -o $@ tests/fuzz/replay.c $< -lm
+
+fuzz-replay: $(FUZZ_TARGETS:%=build/fuzz_replay_%)
+	@for t in $(FUZZ_TARGETS); do ./build/fuzz_replay_$$t tests/fuzz/corpus/$$t/* $$(ls tests/fuzz/regressions/$$t/* 2>/dev/null) >/dev/null 2>build/fuzz_replay_$$t.log \
+	  || { tail -30 build/fuzz_replay_$$t.log; echo "fuzz-replay: $$t FAILED"; exit 1; }; echo "fuzz-replay: $$t ok"; done
+
 fuzz: fuzz-regress
 	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p build/fuzz/corpus/$$t; echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
@@ -178,7 +187,7 @@ quickstart: story-model all build/.bindings
 story-model:
 	@test -f $(STORY_MODEL) || { echo "error: $(STORY_MODEL) is missing: the bundled story model is not in this checkout (train one: see README.md)" >&2; exit 1; }
 
-test: all test-c run_debug $(VENV)/.installed build/.bindings
+test: all test-c fuzz-replay run_debug $(VENV)/.installed build/.bindings
 	$(PY) -m pytest -q tests
 
 clean:

@@ -5,18 +5,18 @@
  * What it is not: a target (each fuzz_*.c is one) or a test of results (targets look for crashes,
  * sanitizer reports, leaks and hangs; the Python tests check what the engine computes).
  */
+#define main babyllama_main  // the CLI's main becomes a function a target can call
+#include "../../run.c"       // first: it sets _POSIX_C_SOURCE before any system header
+#undef main
+
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#define main babyllama_main  // the CLI's main becomes a function a target can call
-#include "../../run.c"
-#undef main
-
 // A private path for this process (parallel fuzzing jobs must not share files).
-static const char *fuzz_path(const char *name) {
+__attribute__((unused)) static const char *fuzz_path(const char *name) {
     static char buf[8][256];
     static int next = 0;
     char *p = buf[next++ % 8];
@@ -25,7 +25,7 @@ static const char *fuzz_path(const char *name) {
     return p;
 }
 
-static void write_bytes(const char *path, const uint8_t *data, size_t n) {
+__attribute__((unused)) static void write_bytes(const char *path, const uint8_t *data, size_t n) {
     FILE *f = fopen(path, "wb");
     if (!f) abort();
     if (n && fwrite(data, 1, n, f) != n) abort();
@@ -34,7 +34,7 @@ static void write_bytes(const char *path, const uint8_t *data, size_t n) {
 
 // A valid version 1 checkpoint with a tiny shape and vocabulary `vocab` (dim 8, hidden 16, one
 // layer, 2 query heads sharing one KV head, context 16), weights from a fixed LCG in [-0.5, 0.5).
-static const char *tiny_model(int vocab) {
+__attribute__((unused)) static const char *tiny_model(int vocab) {
     char name[64];
     snprintf(name, sizeof name, "tiny_v%d.bin", vocab);
     const char *path = fuzz_path(name);
@@ -57,7 +57,7 @@ static const char *tiny_model(int vocab) {
 }
 
 // The repository's tokenizer.bin (4096 pieces), or BABYLLAMA_FUZZ_TOKENIZER.
-static const char *real_tokenizer(void) {
+__attribute__((unused)) static const char *real_tokenizer(void) {
     const char *p = getenv("BABYLLAMA_FUZZ_TOKENIZER");
     return p ? p : "tokenizer.bin";
 }
