@@ -15,8 +15,9 @@
  * prompt or an -n that does not fit the context, -t < 0, -p outside [0, 1]) is a one-line error and
  * exit status 1 instead of a crash or a silent clamp; lone bytes >= 0x80 (pieces of UTF-8
  * characters) are printed; -k (top-k), -T (threads) and -b (stories at once) are new. Otherwise the
- * same arguments and seed print the same story (the fast kernels, prompt passes and batches give
- * each token the same logits bit for bit as one-token passes; top-p picks llama2.c's token).
+ * same arguments and seed print the same story (prompt passes and batches give each token the
+ * same logits, bit for bit, as one-token passes; the AVX-512 kernels differ from the reference ones
+ * by float rounding only; top-p picks llama2.c's token).
  *
  * Sections: errors, checkpoint, threads, kernels, forward, tokenizer, sampler, generation, CLI.
  *
