@@ -108,6 +108,10 @@ def _str(x, what):
         raise TypeError(f"{what} must be a str, not {type(x).__name__}")
     if "\0" in x:
         raise ArgumentError(f"{what} contains a NUL character")
+    try:
+        x.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate (e.g. from surrogateescape): not text
+        raise ArgumentError(f"{what} is not valid UTF-8 text ({e.reason} at character {e.start})") from None
     return x
 
 
