@@ -9,6 +9,8 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc, (void)argv;
     if (!freopen("/dev/null", "r", stdin)) abort();  // chat mode reads turns from stdin
+    setenv("OMP_NUM_THREADS", "1", 0);  // one thread unless an input says -T: spinning helpers
+                                        // would halve the executions on shared cores
     return 0;
 }
 
@@ -42,6 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     // the whole CLI: parse_args, check_options, open, generate or chat (16 positions at most);
     // it must return 0 or 1 (2 would be an unexpected path), never crash, leak or hang
     if (allowed(argc, argv) && babyllama_main(argc, argv) > 1) abort();
+    bl_set_threads(0);  // -T of this input must not carry over to the next
     free(buf);
     return 0;
 }
