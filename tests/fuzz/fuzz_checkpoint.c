@@ -1,7 +1,8 @@
 /*
  * fuzz_checkpoint.c: libFuzzer target: the input is a whole checkpoint file (any version; the seeds
  * in corpus/checkpoint are tiny valid v0, v1 and v2 files). It must be refused with an error code
- * or, when it opens, run two forward steps and sample without a sanitizer report.
+ * or, when it opens, run two forward steps and sample, prefill, logits and a batch of two stories,
+ * without a sanitizer report.
  */
 #include "fuzz.h"
 
@@ -28,6 +29,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             token = bl_sample(sm, logits);
             if (token < 0 || token >= c.vocab_size) abort();
         }
+        // the many-row paths: prefill, logits of every position, a batch of two stories
+        int ids[3], n = c.seq_len < 3 ? c.seq_len : 3;
+        for (int i = 0; i < n; i++) ids[i] = (int)(data[(size_t)i * 7 % size] % (unsigned)c.vocab_size);
+        if (!bl_prefill(s, ids, n, 0)) abort();
+        ids[n - 1] = c.vocab_size;  // out of range: refused, not read
+        if (bl_prefill(s, ids, n, 0) || bl_logits(s, ids, n, NULL, err, sizeof err) == BL_OK) abort();
+        ids[n - 1] = 0;
+        float *out = malloc((size_t)n * (size_t)c.vocab_size * sizeof(float));
+        if (out && bl_logits(s, ids, n, out, err, sizeof err) != BL_OK) abort();
+        free(out);
+        const int *prompts[2] = {ids, ids + n - 1};
+        int lens[2] = {n, 1}, toks[4], counts[2];
+        unsigned long long seeds[2] = {1, 2};
+        if (bl_generate_batch(m, 2, prompts, lens, 2, 0.8f, 0.9f, 0, seeds, toks, counts, err, sizeof err) == BL_OK)
+            for (int i = 0; i < 2; i++)
+                if (counts[i] < 0 || counts[i] > 2) abort();
     }
     bl_sampler_free(sm);
     bl_state_free(s);
