@@ -105,12 +105,13 @@ PRESETS = {
     "15M": dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000, max_seq_len=256),
     "42M": dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=8, vocab_size=32000, max_seq_len=1024),
     "110M": dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, vocab_size=32000, max_seq_len=1024),
-    # tuned on the shared TinyStories text for 10 minutes on 2 cores (see models/README.md)
+    # 10 minutes on 2 CPU cores on the shared TinyStories text, tuned by measurement (models/README.md):
+    # bf16 autocast (AMX) + torch.compile for speed, a high peak lr that a time-based cosine brings down
     "cpu": dict(out_dir="out/cpu", vocab_size=0, dim=128, n_layers=4, n_heads=4, n_kv_heads=4,
                 multiple_of=32, max_seq_len=256, batch_size=32, gradient_accumulation_steps=1,
-                learning_rate=1e-3, warmup_iters=100, min_lr=1e-4, max_iters=100000,
-                max_minutes=10.0, eval_interval=500, eval_iters=20, log_interval=50,
-                dtype="bfloat16"),
+                learning_rate=3e-3, warmup_iters=50, min_lr=1e-4, max_iters=100000,
+                max_minutes=10.0, eval_interval=250, eval_iters=16, log_interval=25,
+                dtype="bfloat16", compile=True),
 }
 
 
@@ -417,14 +418,16 @@ def load_checkpoint(path):
 # Schedule, evaluation, logging
 
 
-def get_lr(it, progress, cfg):
+def get_lr(it, progress, warm_progress, cfg):
     """Linear warmup for warmup_iters, then cosine from learning_rate down to min_lr over the rest of
-    the run; `progress` in [0, 1] is the fraction of the run done (iterations or time budget)."""
+    the run; `progress` in [0, 1] is the fraction of the run done (iterations or time budget) and
+    warm_progress what it was when warmup ended, so the cosine always starts at its peak."""
     if it < cfg["warmup_iters"]:
         return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
     if not cfg["decay_lr"]:
         return cfg["learning_rate"]
-    coeff = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    ratio = (progress - warm_progress) / max(1e-9, 1.0 - warm_progress)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, ratio))))
     return cfg["min_lr"] + coeff * (cfg["learning_rate"] - cfg["min_lr"])
 
 
@@ -567,6 +570,8 @@ def train(cfg):
         raise ConfigError(f"--max_seq_len {T} exceeds the checkpoint's max_seq_len {margs.max_seq_len}")
     raw_model = Transformer(margs)
     iter_num, best_val_loss, elapsed_before = 0, float("inf"), 0.0
+    # progress at the end of warmup: known in advance by iterations, measured under a time budget
+    warm_progress = None if cfg["max_minutes"] > 0 else min(1.0, cfg["warmup_iters"] / cfg["max_iters"])
     if ckpt is not None:
         raw_model.load_state_dict(ckpt["model"])
     raw_model.to(dev)
@@ -578,6 +583,8 @@ def train(cfg):
             scaler.load_state_dict(ckpt["scaler"])
         iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
         elapsed_before = ckpt.get("elapsed_s", 0.0)
+        if cfg["max_minutes"] > 0:
+            warm_progress = ckpt.get("warm_progress")
         if master:
             set_rng_state(ckpt["rng"])
         else:  # only rank 0's RNG is saved; the others restart from a seed that depends on the iteration
@@ -630,7 +637,9 @@ def train(cfg):
             flag = torch.tensor([float(last), progress], device=dev)
             dist.broadcast(flag, 0)
             last, progress = bool(flag[0].item()), float(flag[1].item())
-        lr = get_lr(iter_num, progress, cfg)
+        if warm_progress is None and iter_num >= cfg["warmup_iters"]:
+            warm_progress = min(progress, 0.999)  # time-based: where the clock stood when warmup ended
+        lr = get_lr(iter_num, progress, warm_progress, cfg)
         for g in optimizer.param_groups:
             g["lr"] = lr
 
@@ -654,7 +663,8 @@ def train(cfg):
                                     scaler=scaler.state_dict() if scaler.is_enabled() else None,
                                     iter_num=iter_num, best_val_loss=best_val_loss, config=cfg,
                                     rng=rng_state(device_type), tokenizer=meta.get("tokenizer"),
-                                    elapsed_s=time.time() - t_start, val_bpb=val_bpb)
+                                    elapsed_s=time.time() - t_start, warm_progress=warm_progress,
+                                    val_bpb=val_bpb)
                 plot_losses(metrics_path, png_path)
             t_log = time.time()  # evaluation time is not training speed
         if last or cfg["eval_only"]:
