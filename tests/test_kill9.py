@@ -14,6 +14,7 @@ What it does not do: kill a torchrun job (one process group per rank; tests/test
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,22 +138,25 @@ def test_train_survives_kill9_and_resumes_bit_identical(stories, tmp_path):
 
 def test_pretokenize_survives_kill9(stories, tmp_path):
     from tinystories import shard_done
-    cmd = ["tinystories.py", "pretokenize", stories, "--shard_stories", "40", "--workers", "1"]
+    cmd = ["tinystories.py", "pretokenize", stories, "--shard_stories", "20", "--workers", "1"]
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     p = subprocess.run([PY, *map(str, cmd), "--out_dir", clean], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     meta = json.loads((clean / "meta.json").read_text())
     sha, vocab = meta["tokenizer"]["sha256"], meta["vocab_size"]
     rng = random.Random()
-    kills = 0
+    kills, delay = 0, 0.3
     for _ in range(12):
         proc = start(cmd + ["--out_dir", killed])
         # the tokenizer loads in ~1 s, then shards appear quickly: kill anywhere in that span
         wait_for(lambda: any(killed.glob("*.bin")) or any(killed.glob("*.tmp")), proc, timeout=30)
-        time.sleep(rng.uniform(0.0, 0.3))
-        if proc.poll() is not None:
+        time.sleep(rng.uniform(0.0, delay))
+        if proc.poll() is not None:  # it finished first: start over, kill sooner
+            assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
             proc.stderr.close()
-            break
+            shutil.rmtree(killed)
+            kills, delay = 0, delay / 2
+            continue
         kill9(proc)
         kills += 1
         for f in killed.glob("*.bin"):  # whatever holds a final name is a whole shard
