@@ -31,3 +31,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def write_stories(path: Path, n_stories: int) -> Path:
+    """Write the first n_stories of the shared TinyStories text to path (native .txt layout)."""
+    src = need(TINYSTORIES / "TinyStories-train.head.txt")
+    lines, n = [], 0
+    with open(src, encoding="utf-8") as f:
+        for line in f:
+            lines.append(line)
+            n += line.strip() == "<|endoftext|>"
+            if n >= n_stories:
+                break
+    path.write_text("".join(lines), encoding="utf-8")
+    return path

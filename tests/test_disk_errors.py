@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from conftest import ROOT, TINYSTORIES, need
+from conftest import ROOT, write_stories
 
 PY = sys.executable
 SEED_BIN = ROOT / "tests" / "fuzz" / "corpus" / "checkpoint" / "v1_shared.bin"
@@ -51,17 +51,7 @@ def mounts(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stories(tmp_path_factory):
     """About 300 stories of real TinyStories text (a few hundred KB)."""
-    src = need(TINYSTORIES / "TinyStories-train.head.txt")
-    lines, n = [], 0
-    with open(src, encoding="utf-8") as f:
-        for line in f:
-            lines.append(line)
-            n += line.strip() == "<|endoftext|>"
-            if n >= 300:
-                break
-    p = tmp_path_factory.mktemp("txt") / "stories.txt"
-    p.write_text("".join(lines), encoding="utf-8")
-    return p
+    return write_stories(tmp_path_factory.mktemp("txt") / "stories.txt", 300)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, TINYSTORIES, need
+from conftest import ROOT, write_stories
 
 PY = sys.executable
 TINY = ["--dim", "32", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2", "--max_seq_len", "32",
@@ -37,17 +37,7 @@ KEYS = {"model", "model_args", "optimizer", "iter_num", "best_val_loss", "config
 @pytest.fixture(scope="module")
 def stories(tmp_path_factory):
     """About 400 stories of real TinyStories text."""
-    src = need(TINYSTORIES / "TinyStories-train.head.txt")
-    lines, n = [], 0
-    with open(src, encoding="utf-8") as f:
-        for line in f:
-            lines.append(line)
-            n += line.strip() == "<|endoftext|>"
-            if n >= 400:
-                break
-    p = tmp_path_factory.mktemp("txt") / "stories.txt"
-    p.write_text("".join(lines), encoding="utf-8")
-    return p
+    return write_stories(tmp_path_factory.mktemp("txt") / "stories.txt", 400)
 
 
 def start(argv, env=None):
