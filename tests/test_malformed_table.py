@@ -261,7 +261,7 @@ def build_table(tmp):
     rc, msg, _ = sorted(msgs)[0]
     rows.append(("flags", f"each of the {len(unknown)} unknown one-letter flags -X (all but -{' -'.join(sorted(known))}) with a value",
                  str(rc), msg, "—"))
-    for f in sorted(known - {"h"}, key=str.lower):
+    for f in sorted(known - {"h"}, key=lambda c: (c.lower(), c.isupper())):  # -t before -T, whatever the set order
         add("flags", f"-{f} as the last argument (no value)", m + [f"-{f}"], "—")
     py_kw = {"t": {"temperature": float("nan")}, "p": {"top_p": 1.5}, "k": {"top_k": -1}}
     for desc, args, py in [
