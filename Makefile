@@ -3,6 +3,7 @@
 #   make debug       ./run_debug with -g and the address/undefined sanitizers
 #   make run_ref     ./run_ref: the portable reference kernels (-DBL_REFERENCE), for comparison
 #   make quickstart  virtual environment + install + build + tell a story (CLI and Python)
+#   make demo        the web demo (demo.py) on the bundled model at http://127.0.0.1:7860
 #   make test        install the test extras and run every test (C and Python)
 #   make fuzz        libFuzzer (clang) + ASan + UBSan on each fuzz target for FUZZ_SECONDS (default 60)
 #   make valgrind    the C tests (no sanitizers) and one generation of ./run under valgrind
@@ -11,7 +12,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: all debug test test-c fuzz fuzz-regress fuzz-replay valgrind quickstart story-model venv clean
+.PHONY: all debug test test-c fuzz fuzz-regress fuzz-replay valgrind quickstart demo story-model venv clean
 
 all: run
 
@@ -183,6 +184,10 @@ quickstart: story-model all build/.bindings
 	./run $(STORY_MODEL) -i "Once upon a time" -n 200 -t 0.8 -s 42
 	@echo "--- import babyllama (the same engine from Python)"
 	$(PY) -m babyllama $(STORY_MODEL) -i "Lily found a little box" -n 150 -t 0.8 -s 7
+
+# ---- demo: the web page of demo.py (DEMO_ARGS passes options, e.g. DEMO_ARGS="--port 8000") -----
+demo: story-model build/.bindings
+	$(PY) demo.py $(DEMO_ARGS)
 
 story-model:
 	@test -f $(STORY_MODEL) || { echo "error: $(STORY_MODEL) is missing: the bundled story model is not in this checkout (train one: see README.md)" >&2; exit 1; }
