@@ -105,6 +105,34 @@ int bl_generate_batch(const bl_model *m, int n, const int *const *prompts, const
                       int max_new, float temperature, float top_p, int top_k,
                       const unsigned long long *seeds, int *tokens, int *n_tokens, char *err, size_t errlen);
 
+/* bl_generate_batch with seed 001's end-of-story bias (bl_end_bias) on every story: before its
+ * n-th new token, BOS's logit gets end_bias * (n - end_bias_after) when n > end_bias_after, so the
+ * stories end on their own. end_bias 0 is bl_generate_batch exactly; end_bias must be finite and
+ * >= 0, end_bias_after >= 0. */
+int bl_generate_stories(const bl_model *m, int n, const int *const *prompts, const int *prompt_lens,
+                        int max_new, float temperature, float top_p, int top_k, float end_bias, int end_bias_after,
+                        const unsigned long long *seeds, int *tokens, int *n_tokens, char *err, size_t errlen);
+
+/* Seed 001's end-of-story bias: before the n-th new token of a story (n = 1, 2, ...) is sampled,
+ * logits[BOS = 1] += rate * (n - after) when n > after (rate 0: nothing changes). Every generation
+ * loop (./run, bl_generate_stories, the bindings, model.py) applies it the same way. */
+void bl_end_bias(float *logits, float rate, int after, int n);
+
+/* Bytes that bl_build_prompt's output never exceeds, its NUL included. */
+#define BL_PROMPTLEN 4096
+
+/* The prompt that asks for a story (conditions.py's build_prompt, byte for byte): topic (UTF-8,
+ * NULL: none) with ending "happy" or "sad" (NULL: none), and tags[0 .. n_tags-1], the features
+ * BadEnding, Conflict, Dialogue, Foreshadowing, MoralValue, Twist in any case, spaces around them
+ * ignored. Writes "Write a story about: {topic}\nWith: {ending} ending", "Features: {tags}" (canonical
+ * order, each once), joined by "\n", then "\n\n### Story:\n" into out (outlen >= BL_PROMPTLEN is
+ * enough); "" when nothing is asked. The topic's runs of ASCII whitespace become one space, its ends
+ * are trimmed, and it must then be 1 to 500 characters. Bad input (an ending without a topic, a
+ * topic without an ending, an unknown tag, BadEnding with an ending, text not UTF-8) is BL_ERR_ARG
+ * with conditions.py's message. */
+int bl_build_prompt(const char *topic, const char *ending, const char *const *tags, int n_tags, char *out,
+                    size_t outlen, char *err, size_t errlen);
+
 /* Threads for the engine's parallel loops, process-wide (n <= 0: the default: OpenMP's setting
  * of the calling thread when built with OpenMP, else OMP_NUM_THREADS, else every core). Results
  * do not depend on it. Helper threads start on first use and stop at exit. */

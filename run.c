@@ -7,14 +7,17 @@
  * encodes prompts exactly like sentencepiece, runs the transformer with a KV cache (grouped-query
  * attention) one token at a time, or many rows per pass (a whole prompt, many stories at once:
  * each weight is read once per pass), samples like llama2.c (same RNG, same top-p), and tells a
- * story (or -b stories at once) or chats from the command line. The public API (babyllama.h) serves the Python bindings.
+ * story (or -b stories at once, or one asked for by topic, ending and tags) or chats from the
+ * command line. The public API (babyllama.h) serves the Python bindings.
  * What it does not do: train, export, or run on a GPU. Nothing here exits on bad input except
  * main(): every library function returns an error code with a one-line message.
  *
  * Where it differs from llama2.c's run on purpose: bad input (a malformed file, an unknown flag, a
  * prompt or an -n that does not fit the context, -t < 0, -p outside [0, 1]) is a one-line error and
  * exit status 1 instead of a crash or a silent clamp; lone bytes >= 0x80 (pieces of UTF-8
- * characters) are printed; -k (top-k), -T (threads) and -b (stories at once) are new. Otherwise the
+ * characters) are printed; -k (top-k), -T (threads), -b (stories at once), -a/-e/-g (a story on
+ * request: topic, ending, tags, as conditions.py's build_prompt) and -E/-S (seed 001's end-of-story
+ * bias, off by default) are new. Otherwise the
  * same arguments and seed print the same story (prompt passes and batches give each token the
  * same logits, bit for bit, as one-token passes; the AVX-512 kernels differ from the reference ones
  * by float rounding only; top-p picks llama2.c's token).
@@ -1225,8 +1228,136 @@ int bl_sample(bl_sampler *s, float *logits) {
 }
 
 // ----------------------------------------------------------------------------------------------
+// stories on request: conditions.py's build_prompt, to the byte (its docstring states the rule;
+// tests/test_conditions_gen.py compares the two on many inputs)
+
+static const char *const FEATURES[] = {"BadEnding", "Conflict", "Dialogue", "Foreshadowing", "MoralValue", "Twist"};
+#define N_FEATURES 6
+#define MAX_TOPIC_CHARS 500
+#define STORY_MARK "\n\n### Story:\n"
+
+// The UTF-8 character at s: its code point in *cp and its length, or 0 when the bytes there are
+// not valid UTF-8 (overlong, surrogate, beyond U+10FFFF, cut short: a NUL stops the scan).
+static int utf8_char(const char *str, unsigned *cp) {
+    const unsigned char *s = (const unsigned char *)str;
+    static const unsigned least[] = {0, 0, 0x80, 0x800, 0x10000};
+    int n = s[0] < 0x80 ? 1 : s[0] < 0xc2 ? 0 : s[0] < 0xe0 ? 2 : s[0] < 0xf0 ? 3 : s[0] < 0xf5 ? 4 : 0;
+    if (n <= 1) return *cp = s[0], n;
+    unsigned c = s[0] & (0x7fu >> n);
+    for (int i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        c = c << 6 | (s[i] & 0x3f);
+    }
+    if (c < least[n] || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff)) return 0;
+    return *cp = c, n;
+}
+
+// Python's str.isspace(): what str.strip() removes from a tag (Unicode whitespace, not only ASCII).
+static int py_space(unsigned c) {
+    return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
+}
+
+// Index in FEATURES of `tag` (stripped as Python strips, compared without case), or -1. Only ASCII
+// letters fold: no other character lowercases to a letter of a feature name (U+212A, the Kelvin
+// sign, becomes 'k', which none has), so Python's str.lower() agrees.
+static int feature_of(const char *tag) {
+    const char *a = NULL, *b = NULL;  // the first and one past the last non-space character
+    unsigned c;
+    for (const char *s = tag; *s;) {
+        int n = utf8_char(s, &c);
+        if (n == 0) return -1;
+        if (!py_space(c)) b = s + n, a = a ? a : s;
+        s += n;
+    }
+    for (int f = 0; a && f < N_FEATURES; f++) {
+        size_t len = strlen(FEATURES[f]), i = 0;
+        if ((size_t)(b - a) != len) continue;
+        for (; i < len; i++) {
+            char x = a[i] >= 'A' && a[i] <= 'Z' ? (char)(a[i] - 'A' + 'a') : a[i];
+            char y = FEATURES[f][i] >= 'A' && FEATURES[f][i] <= 'Z' ? (char)(FEATURES[f][i] - 'A' + 'a') : FEATURES[f][i];
+            if (x != y) break;
+        }
+        if (i == len) return f;
+    }
+    return -1;
+}
+
+// Append a formatted piece to out[*len ..]; 1 when it does not fit in cap bytes (with the NUL).
+static int append(char *out, size_t cap, size_t *len, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(out + *len, cap - *len, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= cap - *len) return 1;
+    *len += (size_t)n;
+    return 0;
+}
+
+int bl_build_prompt(const char *topic, const char *ending, const char *const *tags, int n_tags, char *out,
+                    size_t outlen, char *err, size_t errlen) {
+    if (!out || outlen == 0 || n_tags < 0 || (n_tags > 0 && !tags))
+        return fail(err, errlen, BL_ERR_ARG, "bl_build_prompt: NULL or empty output, or bad tags");
+    out[0] = '\0';
+    char clean[MAX_TOPIC_CHARS * 4 + 1];  // the topic with its whitespace collapsed (at most 500 characters)
+    size_t len = 0, n_chars = 0;
+    if (topic) {
+        unsigned c;
+        for (const char *s = topic; *s;) {  // runs of ASCII whitespace become one space, ends trimmed
+            int n = utf8_char(s, &c);
+            if (n == 0) return fail(err, errlen, BL_ERR_ARG, "topic is not valid UTF-8 text");
+            if (strchr(" \t\n\r\v\f", *s)) {
+                while (*s && strchr(" \t\n\r\v\f", *s)) s++;
+                if (n_chars && *s) {
+                    if (n_chars++ < MAX_TOPIC_CHARS) clean[len++] = ' ';
+                }
+                continue;
+            }
+            if (n_chars++ < MAX_TOPIC_CHARS) memcpy(clean + len, s, (size_t)n), len += (size_t)n;
+            s += n;
+        }
+        clean[len] = '\0';
+        if (n_chars == 0) return fail(err, errlen, BL_ERR_ARG, "topic is empty");
+        if (n_chars > MAX_TOPIC_CHARS)
+            return fail(err, errlen, BL_ERR_ARG, "topic is %zu characters, more than %d", n_chars, MAX_TOPIC_CHARS);
+        if (!ending || (strcmp(ending, "happy") && strcmp(ending, "sad")))
+            return ending ? fail(err, errlen, BL_ERR_ARG, "ending must be 'happy' or 'sad', got '%s'", ending)
+                          : fail(err, errlen, BL_ERR_ARG, "ending must be 'happy' or 'sad', got None");
+    } else if (ending) {
+        return fail(err, errlen, BL_ERR_ARG, "an ending needs a topic");
+    }
+    int want[N_FEATURES] = {0}, any = 0;
+    for (int i = 0; i < n_tags; i++) {
+        int f = tags[i] ? feature_of(tags[i]) : -1;
+        if (f < 0)
+            return fail(err, errlen, BL_ERR_ARG, "unknown tag '%s' (choose from BadEnding, Conflict, Dialogue, "
+                        "Foreshadowing, MoralValue, Twist)", tags[i] ? tags[i] : "(null)");
+        want[f] = any = 1;
+    }
+    if (want[0] && ending)
+        return fail(err, errlen, BL_ERR_ARG, "tag BadEnding goes with no ending line: ask for ending='sad' instead");
+    size_t at = 0;
+    int full = 0;
+    if (topic) full |= append(out, outlen, &at, "Write a story about: %s\nWith: %s ending", clean, ending);
+    for (int f = 0, k = 0; any && f < N_FEATURES; f++)
+        if (want[f]) full |= append(out, outlen, &at, "%s%s", k++ ? ", " : at ? "\nFeatures: " : "Features: ", FEATURES[f]);
+    if (topic || any) full |= append(out, outlen, &at, STORY_MARK);
+    if (full) {
+        out[0] = '\0';
+        return fail(err, errlen, BL_ERR_ARG, "bl_build_prompt: the output buffer of %zu bytes is too small (BL_PROMPTLEN is enough)", outlen);
+    }
+    return BL_OK;
+}
+
+// ----------------------------------------------------------------------------------------------
 // generation (many stories at once for the API; the CLI's loops; the bindings have their own
 // single-story loop on top of the API)
+
+// Seed 001's end-of-story bias, the same in every loop (CLI, batch, bindings; model.py mirrors
+// it): a linear push on BOS, the story separator, so a story ends on its own soon after `after`.
+void bl_end_bias(float *logits, float rate, int after, int n) {
+    if (logits && rate != 0.0f && n > after) logits[1] += rate * (float)(n - after);
+}
 
 // One story of a batch: the CLI's loop state.
 typedef struct {
@@ -1243,6 +1374,8 @@ typedef struct {
     float *logits;
     int *tokens, *n_tokens;
     int vocab_size, max_new;
+    float end_bias;
+    int end_bias_after;
 } StepTask;
 
 // The CLI's loop for one story: force the prompt, then sample; keep the new token.
@@ -1250,8 +1383,9 @@ static void story_step(void *arg, int b) {
     const StepTask *t = arg;
     int i = t->row_of[b];
     Story *x = &t->st[i];
-    int next = x->pos < x->n_prompt - 1 ? x->prompt[x->pos + 1]
-                                        : bl_sample(x->sampler, t->logits + (size_t)b * t->vocab_size);
+    float *logits = t->logits + (size_t)b * t->vocab_size;
+    if (x->pos >= x->n_prompt - 1) bl_end_bias(logits, t->end_bias, t->end_bias_after, x->pos - x->n_prompt + 2);
+    int next = x->pos < x->n_prompt - 1 ? x->prompt[x->pos + 1] : bl_sample(x->sampler, logits);
     x->pos++;
     if (next == 1) x->done = 1;  // BOS: another story would begin
     else {
@@ -1264,8 +1398,18 @@ static void story_step(void *arg, int b) {
 int bl_generate_batch(const bl_model *m, int n, const int *const *prompts, const int *prompt_lens,
                       int max_new, float temperature, float top_p, int top_k,
                       const unsigned long long *seeds, int *tokens, int *n_tokens, char *err, size_t errlen) {
+    return bl_generate_stories(m, n, prompts, prompt_lens, max_new, temperature, top_p, top_k, 0.0f, 0, seeds,
+                               tokens, n_tokens, err, errlen);
+}
+
+int bl_generate_stories(const bl_model *m, int n, const int *const *prompts, const int *prompt_lens,
+                        int max_new, float temperature, float top_p, int top_k, float end_bias, int end_bias_after,
+                        const unsigned long long *seeds, int *tokens, int *n_tokens, char *err, size_t errlen) {
     if (!m || !prompts || !prompt_lens || !seeds || !tokens || !n_tokens)
         return fail(err, errlen, BL_ERR_ARG, "bl_generate_batch: NULL argument");
+    if (!isfinite(end_bias) || end_bias < 0.0f || end_bias_after < 0)
+        return fail(err, errlen, BL_ERR_ARG, "end_bias %g must be finite and >= 0, end_bias_after %d >= 0",
+                    end_bias, end_bias_after);
     const bl_config *p = &m->cfg;
     if (n < 1 || max_new < 0) return fail(err, errlen, BL_ERR_ARG, "bl_generate_batch: n %d must be >= 1, max_new %d >= 0", n, max_new);
     int n_pos = 1;
@@ -1296,7 +1440,8 @@ int bl_generate_batch(const bl_model *m, int n, const int *const *prompts, const
         for (int i = 0; rc == BL_OK && i < n; i++)
             if (!st[i].done && st[i].pos < st[i].steps) tok[B] = st[i].token, pos[B] = st[i].pos, seq[B] = i, row_of[B++] = i;
         if (B == 0) break;
-        StepTask t = {st, row_of, forward_rows(s, B, tok, pos, seq, 1), tokens, n_tokens, p->vocab_size, max_new};
+        StepTask t = {st, row_of, forward_rows(s, B, tok, pos, seq, 1), tokens, n_tokens, p->vocab_size, max_new,
+                      end_bias, end_bias_after};
         parallel_for(story_step, &t, B, (long)B * p->vocab_size);  // the samplers are independent
     }
     for (int i = 0; st && i < n; i++) bl_sampler_free(st[i].sampler);
@@ -1346,7 +1491,8 @@ static int encode_prompt(const bl_model *m, const char *prompt, int steps, int *
 // llama2.c's loop: force the prompt's tokens, then sample; print each token as it is chosen;
 // stop at BOS (the start of another story), after EOS, or after `steps` positions. EOS itself is
 // printed ("\n</s>\n"), as llama2.c prints it: its golden outputs contain it.
-static int generate(const bl_model *m, bl_state *st, bl_sampler *sampler, const char *prompt, int steps) {
+static int generate(const bl_model *m, bl_state *st, bl_sampler *sampler, const char *prompt, int steps,
+                    float end_bias, int end_bias_after) {
     int *prompt_ids = NULL, n_prompt = encode_prompt(m, prompt, steps, &prompt_ids);
     if (n_prompt < 0) {
         free(prompt_ids);
@@ -1361,6 +1507,7 @@ static int generate(const bl_model *m, bl_state *st, bl_sampler *sampler, const 
     }
     while (pos < steps) {
         float *logits = forward(st, token, pos);
+        if (pos >= n_prompt - 1) bl_end_bias(logits, end_bias, end_bias_after, pos - n_prompt + 2);
         int next = pos < n_prompt - 1 ? prompt_ids[pos + 1] : bl_sample(sampler, logits);
         pos++;
         if (next == 1) break;
@@ -1440,6 +1587,9 @@ typedef struct {
     float temperature, top_p;
     int top_k, steps, steps_given, threads, batch;
     long long seed;
+    const char *topic, *ending, *tags;  // a story on request (-a -e -g), NULL when not asked
+    float end_bias;                     // -E: seed 001's end-of-story bias rate (0: off)
+    int end_bias_after;                 // -S: new tokens before it starts
 } Options;
 
 static void usage(FILE *f) {
@@ -1457,6 +1607,13 @@ static void usage(FILE *f) {
                "  -y <string> system prompt in chat mode\n"
                "  -T <int>    threads, default: OMP_NUM_THREADS, else all cores\n"
                "  -b <int>    stories at once (seeds -s, -s + 1, ...), printed one after another, default 1\n"
+               "  -a <string> topic: ask for a story about it (needs -e)\n"
+               "  -e <string> ending: happy|sad (needs -a)\n"
+               "  -g <string> tags, comma-separated, any case: BadEnding,Conflict,Dialogue,Foreshadowing,MoralValue,Twist\n"
+               "              (with -a/-e/-g the prompt is conditions.py's request, e.g. \"Write a story about:\n"
+               "              {topic}\\nWith: {ending} ending\\n\\n### Story:\\n\", then -i as the story's start)\n"
+               "  -E <float>  end-of-story bias, default 0 (off): before new token n > -S, BOS's logit += E * (n - S)\n"
+               "  -S <int>    new tokens before the end-of-story bias starts, default 200\n"
                "  -h          this help\n");
 }
 
@@ -1500,6 +1657,11 @@ static int parse_flag(Options *o, const char *flag, const char *val) {
     case 'n': if (parse_int(flag, val, 0, INT32_MAX, &v)) return 1; o->steps = (int)v, o->steps_given = 1; return 0;
     case 'T': if (parse_int(flag, val, 1, 4096, &v)) return 1; o->threads = (int)v; return 0;
     case 'b': if (parse_int(flag, val, 1, 4096, &v)) return 1; o->batch = (int)v; return 0;
+    case 'a': o->topic = val; return 0;
+    case 'e': o->ending = val; return 0;
+    case 'g': o->tags = val; return 0;
+    case 'E': return parse_float(flag, val, &o->end_bias);
+    case 'S': if (parse_int(flag, val, 0, INT32_MAX, &v)) return 1; o->end_bias_after = (int)v; return 0;
     }
     fprintf(stderr, "error: unknown flag %s (run -h for usage)\n", flag);
     return 1;
@@ -1519,7 +1681,7 @@ static int parse_args(Options *o, int argc, char **argv) {
             fprintf(stderr, "error: expected a flag like -t, got '%s' (run -h for usage)\n", argv[i]);
             return 1;
         }
-        if (!strchr("tpsizmyknTb", argv[i][1])) return parse_flag(o, argv[i], "");
+        if (!strchr("tpsizmyknTbaegES", argv[i][1])) return parse_flag(o, argv[i], "");
         if (i + 1 >= argc) {
             fprintf(stderr, "error: flag %s needs a value (run -h for usage)\n", argv[i]);
             return 1;
@@ -1539,6 +1701,11 @@ static int check_options(Options *o) {
         return fprintf(stderr, "error: -y (system prompt) needs -m chat\n"), 1;
     if (o->batch > 1 && strcmp(o->mode, "generate"))
         return fprintf(stderr, "error: -b (stories at once) needs -m generate\n"), 1;
+    if ((o->topic || o->ending || o->tags) && strcmp(o->mode, "generate"))
+        return fprintf(stderr, "error: -a/-e/-g (a story on request) need -m generate\n"), 1;
+    if (o->end_bias < 0.0f) return fprintf(stderr, "error: -E %g: the end-of-story bias must be >= 0\n", o->end_bias), 1;
+    if (o->end_bias > 0.0f && strcmp(o->mode, "generate"))
+        return fprintf(stderr, "error: -E (end-of-story bias) needs -m generate\n"), 1;
     if (o->seed <= 0) o->seed = (long long)time(NULL);  // llama2.c: 0 or less means the time
     return 0;
 }
@@ -1552,6 +1719,34 @@ static int resolve_steps(Options *o, int seq_len) {
         return 1;
     }
     return 0;
+}
+
+// -a/-e/-g: the request (bl_build_prompt), then -i as the story's start; NULL after a one-line
+// error. Returns a malloc'd string.
+static char *request_prompt(const Options *o) {
+    char err[BL_ERRLEN], head[BL_PROMPTLEN];
+    const char *tags[64];
+    int n_tags = 0, rc = BL_OK;
+    char *list = o->tags ? strdup(o->tags) : NULL;  // -g split at commas, as Python's split(",")
+    if (o->tags && !list) rc = fail(err, sizeof err, BL_ERR_NOMEM, "out of memory");
+    for (char *t = list; rc == BL_OK && t; n_tags++) {
+        if (n_tags == 64) rc = fail(err, sizeof err, BL_ERR_ARG, "more than 64 tags");
+        char *comma = strchr(t, ',');
+        if (comma) *comma = '\0';
+        tags[n_tags < 64 ? n_tags : 63] = t;
+        t = comma ? comma + 1 : NULL;
+    }
+    if (rc == BL_OK) rc = bl_build_prompt(o->topic, o->ending, tags, n_tags, head, sizeof head, err, sizeof err);
+    free(list);
+    if (rc != BL_OK) {
+        fprintf(stderr, "error: -a/-e/-g: %s\n", err);
+        return NULL;
+    }
+    size_t n = strlen(head) + strlen(o->prompt) + 1;
+    char *out = malloc(n);
+    if (!out) fprintf(stderr, "error: out of memory\n");
+    else snprintf(out, n, "%s%s", head, o->prompt);
+    return out;
 }
 
 // -b: o->batch stories of the same prompt at once, with seeds seed, seed + 1, ...: prints what
@@ -1568,8 +1763,8 @@ static int generate_many(const bl_model *m, const char *prompt, int steps, const
     else if (n_prompt > 0) {
         for (int i = 0; i < n; i++) prompts[i] = ids, lens[i] = n_prompt, seeds[i] = (unsigned long long)o->seed + i;
         long start = time_in_ms();
-        rc = bl_generate_batch(m, n, prompts, lens, max_new, o->temperature, o->top_p, o->top_k, seeds, tokens,
-                               n_tokens, err, sizeof err) != BL_OK;
+        rc = bl_generate_stories(m, n, prompts, lens, max_new, o->temperature, o->top_p, o->top_k, o->end_bias,
+                                 o->end_bias_after, seeds, tokens, n_tokens, err, sizeof err) != BL_OK;
         long end = time_in_ms();
         if (rc) fprintf(stderr, "error: %s\n", err);
         for (int i = 0; !rc && i < n; i++) {
@@ -1586,10 +1781,13 @@ static int generate_many(const bl_model *m, const char *prompt, int steps, const
 }
 
 int main(int argc, char **argv) {
-    Options o = {NULL, "tokenizer.bin", "", NULL, "generate", 1.0f, 0.9f, 0, 256, 0, 0, 1, 0};
+    Options o = {NULL, "tokenizer.bin", "", NULL, "generate", 1.0f, 0.9f, 0, 256, 0, 0, 1, 0, NULL, NULL, NULL, 0.0f, 200};
     int rc = parse_args(&o, argc, argv);
     if (rc) return rc == 2 ? 0 : 1;
     if (check_options(&o)) return 1;
+    char *request = NULL;  // the prompt of -a/-e/-g, checked before the model is opened
+    if ((o.topic || o.ending || o.tags) && !(request = request_prompt(&o))) return 1;
+    if (request) o.prompt = request;
     if (o.threads > 0) bl_set_threads(o.threads);
     char err[BL_ERRLEN];
     bl_model *m = NULL;
@@ -1605,7 +1803,8 @@ int main(int argc, char **argv) {
     if (rc == 0) rc = resolve_steps(&o, m->cfg.seq_len);
     if (rc == 0 && strcmp(o.mode, "chat") == 0) rc = chat(m, st, sampler, o.prompt[0] ? o.prompt : NULL, o.system_prompt, o.steps);
     else if (rc == 0 && o.batch > 1) rc = generate_many(m, o.prompt, o.steps, &o);
-    else if (rc == 0) rc = generate(m, st, sampler, o.prompt, o.steps);
+    else if (rc == 0) rc = generate(m, st, sampler, o.prompt, o.steps, o.end_bias, o.end_bias_after);
+    free(request);
     bl_sampler_free(sampler);
     bl_state_free(st);
     bl_model_close(m);
