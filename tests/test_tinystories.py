@@ -305,8 +305,8 @@ def test_bad_shards_are_refused(shards, tmp_path):
         ts.open_shard(src, vocab_size=512)
     # a header from a future version
     future = tmp_path / "future.bin"
-    future.write_bytes(good[:8] + (2).to_bytes(4, "little") + good[12:])
-    with pytest.raises(ValueError, match="version 2"):
+    future.write_bytes(good[:8] + (3).to_bytes(4, "little") + good[12:])
+    with pytest.raises(ValueError, match="version 3"):
         ts.open_shard(future)
 
 
