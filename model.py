@@ -258,7 +258,8 @@ class Transformer(nn.Module):
     # ---- inference ---------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_ids=None,
-                 generator=None):
+                 generator=None, end_bias=0.0, end_bias_after=200, bos_id=1, topic=None, ending=None,
+                 tags=None, tokenizer=None):
         """Extend idx [B, T] by up to max_new_tokens tokens and return [B, T + n].
 
         The prompt is run through the model once to fill a KV cache; after that each step feeds only
@@ -267,17 +268,36 @@ class Transformer(nn.Module):
         then sampled (with `generator` if given). Generation ends early once every row has produced
         one of stop_ids; the stop token is kept, and a finished row repeats it after that.
         When the context fills up (max_seq_len), the cache is rebuilt from the last half of the
-        sequence and generation continues (a sliding window in steps of max_seq_len / 2)."""
+        sequence and generation continues (a sliding window in steps of max_seq_len / 2).
+
+        A story on request, as run.c's -a/-e/-g and the bindings: with topic (and ending) and/or
+        tags, the prompt is conditions.build_prompt(topic, ending, tags) followed by idx, which is
+        then the story's start as text (a str, or None), encoded with BOS by `tokenizer` (anything
+        with encode(text, bos, eos), e.g. tokenizer.Tokenizer) into one row.
+        Seed 001's end-of-story bias, exactly as run.c's bl_end_bias: before the n-th new token
+        (n = 1, 2, ...) the logit of bos_id gets end_bias * (n - end_bias_after) (in float32) when
+        n > end_bias_after, so stories end on their own; 0 (the default) changes nothing."""
+        if topic is not None or ending is not None or tags is not None:
+            from conditions import build_prompt
+            if tokenizer is None:
+                raise ValueError("topic/ending/tags need a tokenizer to encode the prompt")
+            if idx is not None and not isinstance(idx, str):
+                raise TypeError("with topic/ending/tags, idx is the story's start as text (a str) or None")
+            ids = tokenizer.encode(build_prompt(topic, ending, tags) + (idx or ""), bos=True, eos=False)
+            idx = torch.tensor([ids], dtype=torch.long, device=self.output.weight.device)
+        if not end_bias >= 0 or end_bias == float("inf") or end_bias_after < 0:
+            raise ValueError(f"end_bias {end_bias} must be finite and >= 0, end_bias_after {end_bias_after} >= 0")
         if max_new_tokens <= 0:
             return idx
         was_training = self.training
         self.eval()  # no dropout while generating
         try:
-            return self._generate(idx, max_new_tokens, temperature, top_k, top_p, stop_ids, generator)
+            return self._generate(idx, max_new_tokens, temperature, top_k, top_p, stop_ids, generator,
+                                  (end_bias, end_bias_after, bos_id))
         finally:
             self.train(was_training)
 
-    def _generate(self, idx, max_new_tokens, temperature, top_k, top_p, stop_ids, generator):
+    def _generate(self, idx, max_new_tokens, temperature, top_k, top_p, stop_ids, generator, bias):
         p = self.params
         stop = torch.tensor(sorted(set(stop_ids or [])), device=idx.device, dtype=idx.dtype)
         B = idx.size(0)
@@ -288,7 +308,13 @@ class Transformer(nn.Module):
         logits, _ = self(ctx, cache=cache, start_pos=0)
         pos = ctx.size(1)
         for step in range(max_new_tokens):
-            nxt = self._sample(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
+            last = logits[:, -1, :].float()
+            rate, after, bos = bias
+            if rate and step + 1 > after:  # float32 product, as C's rate * (float)(n - after)
+                push = torch.tensor(rate, dtype=torch.float32) * torch.tensor(step + 1 - after, dtype=torch.float32)
+                last = last.clone()
+                last[:, bos] += push.to(last.device)
+            nxt = self._sample(last, temperature, top_k, top_p, generator)
             if len(stop):
                 nxt = torch.where(done, idx[:, -1], nxt)
                 done |= torch.isin(nxt, stop)

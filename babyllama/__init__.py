@@ -6,13 +6,19 @@ babyllama: the C inference engine (run.c) from Python, through cffi.
         print(m.generate("Once upon a time", max_new_tokens=100, seed=42))
         for piece in m.generate("Lily saw", stream=True):
             print(piece, end="", flush=True)
+        # a story on request (conditions.py's prompt, built by the engine) that ends on its own
+        print(m.generate(topic="a dog finds a ball", ending="happy", tags=["Dialogue"],
+                         end_bias=0.05, end_bias_after=200, max_new_tokens=350))
 
 What it does: opens a llama2.c checkpoint (.bin versions 0, 1, 2) and its tokenizer.bin, and offers
-encode / decode / logits / generate / generate_batch on top of the C API in babyllama.h. The
+encode / decode / logits / generate / generate_batch / build_prompt on top of the C API in babyllama.h. The
 generation loop here follows run.c's CLI exactly (same encoder, sampler, random generator, stop
 rules and printing rules), so `generate` reproduces `./run`'s stories for the same seed.
 generate_batch tells several stories in one batched pass per step (the engine's
-bl_generate_batch). What it does not do: train or export models (train.py, export.py).
+bl_generate_stories). Both accept a request (topic + ending, and/or tags: the prompt is the engine's
+bl_build_prompt, byte for byte conditions.build_prompt, as ./run -a/-e/-g) and seed 001's
+end-of-story bias (end_bias, end_bias_after: ./run -E/-S). What it does not do: train or export
+models (train.py, export.py).
 
 Errors: every C error becomes an exception carrying the C message (which names the file or the
 argument): `babyllama.Error` (a RuntimeError) for all of them; missing files are also
@@ -41,7 +47,7 @@ except ImportError as e:  # a checkout used without installing: say how to build
     raise ImportError(f"babyllama's C extension is not built ({e}); run `pip install -e .` "
                       f"(or `make venv`) in the repository") from None
 
-__all__ = ["Model", "Config", "Error", "BOS", "EOS"]
+__all__ = ["Model", "Config", "Error", "BOS", "EOS", "build_prompt"]
 
 BOS, EOS = 1, 2  # llama2.c's (and sentencepiece's) ids
 _REPO_TOKENIZER = Path(__file__).resolve().parent.parent / "tokenizer.bin"
@@ -166,6 +172,49 @@ def _sampling(max_new_tokens, temperature, top_p, top_k):
     if not 0 <= top_p <= 1:
         raise ArgumentError(f"top_p must be in [0, 1] (0 or 1: off), got {top_p}")
     return max_new_tokens, temperature, top_p, top_k
+
+
+def _end_bias(end_bias, end_bias_after):
+    """Checked (end_bias, end_bias_after), with the CLI's ranges (-E >= 0, -S >= 0)."""
+    end_bias, end_bias_after = _float(end_bias, "end_bias"), _int(end_bias_after, "end_bias_after", lo=0)
+    if not 0 <= end_bias < float("inf"):
+        raise ArgumentError(f"end_bias must be a finite number >= 0, got {end_bias}")
+    if end_bias_after > 2**31 - 1:
+        raise ArgumentError(f"end_bias_after must be below 2**31, got {end_bias_after}")
+    return end_bias, end_bias_after
+
+
+def _tags(tags):
+    if tags is None:
+        return []
+    if isinstance(tags, str) or not isinstance(tags, (list, tuple)):
+        raise TypeError(f"tags must be a list of str (e.g. ['Dialogue', 'Twist']), not {type(tags).__name__}")
+    return [_str(t, "tag") for t in tags]
+
+
+def build_prompt(topic=None, ending=None, tags=None):
+    """The prompt that asks for a story, built by the engine (bl_build_prompt): byte for byte
+    conditions.build_prompt, e.g. "Write a story about: {topic}\\nWith: {ending} ending\\n\\n### Story:\\n".
+    topic: str with ending "happy" or "sad"; tags: a list of the six features (any case, each
+    once). "" when nothing is asked. Bad requests raise ArgumentError (a ValueError) with
+    conditions.py's message; wrong types raise TypeError."""
+    topic = None if topic is None else _str(topic, "topic")
+    ending = None if ending is None else _str(ending, "ending")
+    tags = [ffi.new("char[]", t.encode("utf-8")) for t in _tags(tags)]
+    out, err = ffi.new("char[]", lib.BL_PROMPTLEN), _errbuf()
+    _check(lib.bl_build_prompt(ffi.NULL if topic is None else topic.encode("utf-8"),
+                               ffi.NULL if ending is None else ending.encode("utf-8"),
+                               ffi.new("char *[]", tags) if tags else ffi.NULL, len(tags),
+                               out, lib.BL_PROMPTLEN, err, lib.BL_ERRLEN), err)
+    return ffi.string(out).decode("utf-8")
+
+
+def _requested(prompt, topic, ending, tags):
+    """The prompt text to continue: the request (when one is made), then `prompt` as the story's start."""
+    prompt = _str(prompt, "prompt")
+    if topic is None and ending is None and tags is None:
+        return prompt
+    return build_prompt(topic, ending, tags) + prompt
 
 
 def _seed(seed):
@@ -412,8 +461,17 @@ class Model:
     # -- generation ------------------------------------------------------------------------------
 
     def generate(self, prompt="", max_new_tokens=256, temperature=1.0, top_p=0.9, top_k=0,
-                 seed=None, stop=None, stream=False):
+                 seed=None, stop=None, stream=False, topic=None, ending=None, tags=None,
+                 end_bias=0.0, end_bias_after=200):
         """Continue `prompt` and return the new text (without the prompt).
+
+        A story on request (./run -a/-e/-g): with topic (and ending "happy" or "sad") and/or tags
+        (a list of BadEnding, Conflict, Dialogue, Foreshadowing, MoralValue, Twist), the text
+        continued is build_prompt(topic, ending, tags) + prompt (conditions.build_prompt's rule;
+        `prompt` is then the story's start). Seed 001's end-of-story bias (./run -E/-S): before
+        the n-th new token, BOS's logit gets end_bias * (n - end_bias_after) when n >
+        end_bias_after, so the story ends on its own; 0 (the default) changes nothing.
+        max_new_tokens is the hard maximum (seed 001: 350).
 
         Same loop as `./run`: the prompt is encoded with BOS first, forced token by token, then
         tokens are sampled (temperature 0 = argmax; else softmax(logits/temperature), top_k
@@ -430,9 +488,10 @@ class Model:
         U+FFFD). With stream=True, returns an iterator of text pieces, each a whole number of
         characters (a character split over several tokens is held back until complete).
         """
-        ids = self._prompt_ids(prompt)
+        ids = self._prompt_ids(_requested(prompt, topic, ending, tags))
         sampling = _sampling(max_new_tokens, temperature, top_p, top_k)
-        pieces = self._stream(ids, *sampling, _seed(seed), _stops(stop))
+        bias = _end_bias(end_bias, end_bias_after)
+        pieces = self._stream(ids, *sampling, _seed(seed), _stops(stop), bias)
         return pieces if stream else "".join(pieces)
 
     def _prompt_ids(self, prompt):
@@ -442,7 +501,7 @@ class Model:
                                 f"context of {self.config.seq_len}")
         return ids
 
-    def _tokens(self, ids, max_new_tokens, temperature, top_p, top_k, seed):
+    def _tokens(self, ids, max_new_tokens, temperature, top_p, top_k, seed, bias=(0.0, 0)):
         """Yield (token, bytes printed) for each new token: the CLI's loop. The prompt runs in
         one pass (bl_prefill: the same KV cache and logits as one position at a time); the sampler
         is first used after its last token."""
@@ -466,6 +525,7 @@ class Model:
                     self._threads_off(prev)
                     if logits == ffi.NULL:
                         raise ArgumentError(f"a token or position is out of range at position {pos}")
+                    lib.bl_end_bias(logits, bias[0], bias[1], n_new + 1)  # as ./run's loop
                     nxt = lib.bl_sample(sampler[0], logits)
                     if nxt == BOS:  # another story would begin
                         return
@@ -482,18 +542,21 @@ class Model:
             if s is not None:
                 self._give_state(s)
 
-    def _stream(self, ids, max_new_tokens, temperature, top_p, top_k, seed, stops):
-        with closing(self._tokens(ids, max_new_tokens, temperature, top_p, top_k, seed)) as tokens:
+    def _stream(self, ids, max_new_tokens, temperature, top_p, top_k, seed, stops, bias=(0.0, 0)):
+        with closing(self._tokens(ids, max_new_tokens, temperature, top_p, top_k, seed, bias)) as tokens:
             yield from _text_pieces((piece for _, piece in tokens), stops)
 
     def generate_batch(self, prompts, max_new_tokens=256, temperature=1.0, top_p=0.9, top_k=0,
-                       seed=None, stop=None):
+                       seed=None, stop=None, topic=None, ending=None, tags=None, end_bias=0.0,
+                       end_bias_after=200):
         """generate() for several prompts at once; returns the texts in order.
 
         Story i equals generate(prompts[i], ..., seed=seeds[i]) exactly, where seed is None
-        (random), an int (story i uses seed + i) or one seed per prompt. The stories run together
-        in the engine (bl_generate_batch: one forward pass per step carries every story still
-        going, so the weights are read once per step), in one C call without the GIL.
+        (random), an int (story i uses seed + i) or one seed per prompt. topic, ending and tags
+        are generate()'s, the same for every story, or a list with one per prompt (for tags: a
+        list of lists). The stories run together in the engine (bl_generate_stories: one forward
+        pass per step carries every story still going, so the weights are read once per step),
+        in one C call without the GIL.
         """
         if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
             raise TypeError("prompts must be a list of str")
@@ -506,8 +569,15 @@ class Model:
             raise TypeError("seed must be None, an int, or a list with one int per prompt")
         seeds = [_seed(x) for x in seeds]
         max_new, temperature, top_p, top_k = _sampling(max_new_tokens, temperature, top_p, top_k)
+        end_bias, end_bias_after = _end_bias(end_bias, end_bias_after)
         stops = _stops(stop)
-        ids = [self._prompt_ids(p) for p in prompts]
+        each = lambda x: isinstance(x, list) and len(x) == n  # noqa: E731
+        topics = topic if each(topic) else [topic] * n
+        endings = ending if each(ending) else [ending] * n
+        per_tags = each(tags) and all(t is None or isinstance(t, (list, tuple)) for t in tags) and n > 0
+        tag_lists = tags if per_tags else [tags] * n
+        ids = [self._prompt_ids(_requested(p, a, e, g))
+               for p, a, e, g in zip(prompts, topics, endings, tag_lists)]
         if n == 0 or max_new == 0:
             return [""] * n
         max_new = min(max_new, self.config.seq_len)  # no story has room for more
@@ -516,9 +586,9 @@ class Model:
         m = self._enter()
         try:
             prev = self._threads_on()
-            rc = lib.bl_generate_batch(m, n, ffi.new("int *[]", rows), ffi.new("int[]", [len(x) for x in ids]),
-                                       max_new, temperature, top_p, top_k,
-                                       ffi.new("unsigned long long[]", seeds), tokens, counts, err, lib.BL_ERRLEN)
+            rc = lib.bl_generate_stories(m, n, ffi.new("int *[]", rows), ffi.new("int[]", [len(x) for x in ids]),
+                                         max_new, temperature, top_p, top_k, end_bias, end_bias_after,
+                                         ffi.new("unsigned long long[]", seeds), tokens, counts, err, lib.BL_ERRLEN)
             self._threads_off(prev)
             _check(rc, err)
             texts = []
