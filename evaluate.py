@@ -215,7 +215,7 @@ def held_out(data, fmt, val_frac, max_stories=None):
             if max_stories and len(out) >= max_stories:
                 break
     if not out:
-        raise ValueError(f"--data {data}: no held-out stories (val_frac {val_frac})")
+        raise ValueError(f"--data {data}: no held-out stories (format {fmt}, val_frac {val_frac})")
     return out
 
 
@@ -440,7 +440,7 @@ def plot_obedience(ob, path, title):
     ax.set_xticks(x, names, rotation=20)
     ax.set_ylim(0, 1)
     ax.set_ylabel("fraction of stories")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
     ax.set_title(title)
     save_figure(fig, path)
 
@@ -547,14 +547,15 @@ def run(a, progress=True):
     out = Path(a.out)
     lm, enc = open_model(a.model, a.tokenizer, a.threads)
     pairs = held_out(a.data, a.format, a.val_frac, a.max_stories)
+    # every input is read before the long steps, so a bad one fails at once
+    examples = read_labelled(a.labelled, a.max_labelled) if a.labelled is not None else None
     m = evaluate_stories(lm, enc, pairs, progress)
     print(f"{m['n_stories']} held-out stories, {m['n_tokens']} tokens: loss {m['loss']:.4f} nats/token, "
           f"perplexity {m['perplexity']:.2f}, {m['bits_per_byte']:.4f} bits/byte, "
           f"{m['nats_per_story']:.1f} nats/story")
     judges = ob = desc = None
     requests, stories = [], []
-    if a.labelled is not None:
-        examples = read_labelled(a.labelled, a.max_labelled)
+    if examples is not None:
         judges = Judges(examples, a.clf_val_frac, a.seed)
         desc = (f"Labelled data: `{a.labelled}`, {len(examples):,} stories (the first "
                 f"{a.max_labelled:,} at most): {len(judges.train):,} trained the judges, "
