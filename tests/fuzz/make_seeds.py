@@ -54,7 +54,12 @@ def main():
     argvs = {"greedy": ["-t", "0", "-n", "8", "-i", "Once upon"], "sample": ["-t", "1", "-p", "0.9", "-s", "3"],
              "topk": ["-k", "2", "-s", "1", "-n", "0"], "chat": ["-m", "chat", "-y", "sys", "-i", "hi"],
              "bad": ["-n", "99"], "help": ["-h"], "batch": ["-b", "2", "-s", "3", "-n", "8", "-i", "Once"],
-             "threads": ["-T", "2", "-t", "0"]}
+             "threads": ["-T", "2", "-t", "0"],
+             "request": ["-t", "0", "-a", "a  dog\t", "-e", "sad", "-g", "twist, Dialogue", "-i", "Once"],
+             "tags": ["-g", "MoralValue,twist", "-E", "100", "-S", "1", "-s", "2"],
+             "request_bad": ["-a", "x", "-e", "sad", "-g", "BadEnding,Foo,"],
+             "bias": ["-t", "0", "-E", "100", "-S", "2", "-i", "Once"],
+             "batch_bias": ["-b", "2", "-E", "0.5", "-S", "0", "-s", "4", "-i", "Once"]}
     for name, argv in argvs.items():
         (corpus / "cli" / name).write_bytes(b"\0".join(a.encode() for a in argv))
 
