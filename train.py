@@ -5,6 +5,7 @@ train.py: train a baby Llama 2 on pretokenized TinyStories shards (nanoGPT / lla
     python train.py --data_dir data/tok4096 --dim 288 --n_layers 6  # any setting is a --flag
     python train.py --config my.json --learning_rate 1e-3        # config file (.json or .py); CLI wins
     python train.py --init_from resume                           # continue out_dir/ckpt.pt exactly
+    python train.py --preset finetune --init_from out/cpu/ckpt.pt --data_dir data/tok4096_d2ab7b81_instruct
     torchrun --standalone --nproc_per_node 4 train.py ...        # DDP (NCCL on GPU, gloo on CPU)
 
 Settings: the module-level defaults below (they reproduce the seed model card: 15M parameters, lr
@@ -24,9 +25,16 @@ min_lr when time runs out however fast or noisy the machine is. A resumed run ke
 checkpoint's elapsed time. Without a budget the schedule depends on iterations only (and resumes
 exactly).
 
+Fine-tuning: `--init_from PATH` starts from the weights (and model shape) of one of our ckpt.pt files
+or of a llama2.c .bin (export.py reads it), with a fresh optimizer and iteration count. Shards of a
+conditional format (`tinystories.py pretokenize --format instruct`) are read as whole examples, one
+per row (`--data_mode examples`, chosen by itself for such shards): the loss counts the story tokens
+only (targets -100 on the prompt and on padding), `--epochs` sets the length, and evaluations report
+perplexity; the last one also the test split's loss. `--preset finetune` is seed 002's recipe: AdamW
+at a constant 5e-5, weight decay 0.1, batch 8, 2 epochs, eval every 200 iterations.
+
 What it does not do: build the data (tinystories.py), define the model (model.py), or export it
-(export.py). Fine-tuning on other data formats is a later job; `--init_from PATH` only starts fresh
-iterations from a checkpoint's weights.
+(export.py).
 """
 import argparse
 import json
@@ -46,7 +54,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import ModelArgs, Transformer
-from tinystories import default_out_dir, iter_batches, load_meta
+from tinystories import batches_per_epoch, default_out_dir, iter_batches, iter_examples, load_meta
 
 # -----------------------------------------------------------------------------------------------
 # Defaults. Every name here is a command-line flag; the comment after it is its --help text.
@@ -54,7 +62,8 @@ _before = set(globals())
 # I/O
 out_dir = "out"  # checkpoint, metrics.jsonl and loss.png go here
 data_dir = ""  # pretokenized shards + meta.json ("": where `tinystories.py pretokenize` puts the project tokenizer's)
-init_from = "scratch"  # scratch | resume (out_dir/ckpt.pt, exactly) | PATH to a ckpt.pt (fresh iterations)
+data_mode = "auto"  # auto | windows (random token windows) | examples (whole examples, prompt masked; conditional-format shards)
+init_from = "scratch"  # scratch | resume (out_dir/ckpt.pt, exactly) | PATH to a ckpt.pt or llama2.c .bin (its weights, fresh iterations)
 eval_interval = 2000  # iterations between evaluations (and checkpoints)
 eval_iters = 100  # batches per split per evaluation
 log_interval = 1  # iterations between log lines
@@ -68,7 +77,7 @@ n_kv_heads = 6  # 0: same as n_heads
 vocab_size = 0  # 0: the data's (meta.json); otherwise must match it
 multiple_of = 32  # SwiGLU hidden size rounds up to this
 hidden_dim = 0  # 0: llama2.c's rule from dim and multiple_of
-max_seq_len = 256  # training sequence length
+max_seq_len = 256  # training sequence length (0: the --init_from checkpoint's)
 dropout = 0.0  # any dropout makes CPU attention fall back to a slow kernel
 shared_classifier = True  # tie output.weight to tok_embeddings.weight
 # optimization
@@ -76,6 +85,7 @@ batch_size = 128  # micro-batch per process
 gradient_accumulation_steps = 4  # micro-batches per iteration over ALL processes
 learning_rate = 5e-4  # peak learning rate
 max_iters = 100000  # iterations (the cosine schedule ends here)
+epochs = 0.0  # examples mode: passes over the train split (sets max_iters; 0: max_iters decides)
 weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.95
@@ -112,6 +122,12 @@ PRESETS = {
                 learning_rate=3e-3, warmup_iters=50, min_lr=1e-4, max_iters=100000,
                 max_minutes=10.0, eval_interval=250, eval_iters=16, log_interval=25,
                 dtype="bfloat16", compile=True),
+    # seed 002's instruction fine-tuning: start from --init_from, constant AdamW 5e-5, weight decay
+    # 0.1, batch 8, 2 epochs of the masked instruction examples, the sequence length of the checkpoint
+    "finetune": dict(out_dir="out/finetune", data_mode="examples", max_seq_len=0, batch_size=8,
+                     gradient_accumulation_steps=1, learning_rate=5e-5, weight_decay=0.1, decay_lr=False,
+                     warmup_iters=0, epochs=2.0, eval_interval=200, eval_iters=50, log_interval=10,
+                     dropout=0.0, compile=False),
 }
 
 
@@ -207,10 +223,16 @@ def check_config(cfg, world_size):
     kv = cfg["n_kv_heads"] or cfg["n_heads"]
     if kv < 0 or cfg["n_heads"] % kv:
         raise ConfigError(f"--n_kv_heads {cfg['n_kv_heads']} does not divide --n_heads {cfg['n_heads']}")
-    for k in ("batch_size", "gradient_accumulation_steps", "max_seq_len", "eval_interval", "eval_iters",
+    for k in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters",
               "log_interval", "max_iters"):
         if cfg[k] <= 0:
             raise ConfigError(f"--{k} must be positive, got {cfg[k]}")
+    if cfg["max_seq_len"] < 0 or (cfg["max_seq_len"] == 0 and cfg["init_from"] == "scratch"):
+        raise ConfigError(f"--max_seq_len must be positive (0 only with --init_from), got {cfg['max_seq_len']}")
+    if cfg["epochs"] < 0:
+        raise ConfigError(f"--epochs must be 0 or more, got {cfg['epochs']}")
+    if cfg["data_mode"] not in ("auto", "windows", "examples"):
+        raise ConfigError(f"--data_mode {cfg['data_mode']!r}: choose auto, windows or examples")
     if cfg["gradient_accumulation_steps"] % world_size:
         raise ConfigError(f"--gradient_accumulation_steps {cfg['gradient_accumulation_steps']} is not "
                           f"divisible by the number of processes ({world_size})")
@@ -222,19 +244,33 @@ def check_config(cfg, world_size):
         raise ConfigError(f"--dropout must be in [0, 1), got {cfg['dropout']}")
 
 
-def default_data_dir():
-    """Where `tinystories.py pretokenize` (no --out_dir) writes shards of the project tokenizer."""
+def default_data_dir(data_mode="auto"):
+    """Where `tinystories.py pretokenize` (no --out_dir) writes shards of the project tokenizer:
+    plain ones, or --format instruct ones for --data_mode examples."""
     from tokenizer import Tokenizer
     try:
         ident = Tokenizer().identity()
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"no --data_dir given and {e}") from None
-    return str(default_out_dir(None, ident["sha256"], ident["vocab_size"]))
+    fmt = "instruct" if data_mode == "examples" else "plain"
+    return str(default_out_dir(None, ident["sha256"], ident["vocab_size"], fmt))
 
 
-def read_meta(data_dir, vocab):
+def data_mode_of(meta, data_mode, data_dir):
+    """windows or examples: what --data_mode asks, or (auto) what the shards allow."""
+    fmt = (meta.get("settings") or {}).get("format", "plain")
+    if data_mode == "auto":
+        return "windows" if fmt == "plain" else "examples"
+    if data_mode == "examples" and fmt == "plain":
+        raise ConfigError(f"--data_mode examples: the shards in {data_dir} have no example boundaries "
+                          f"(--format plain); make them with `python tinystories.py pretokenize --format instruct`")
+    return data_mode
+
+
+def read_meta(data_dir, vocab, data_mode="auto"):
     """The data directory's meta.json, checked against the model's vocabulary. Returns
-    (meta, vocab_size, val_bytes_per_token)."""
+    (meta, vocab_size, val_bytes_per_token, mode): bytes per token the loss counts (examples mode:
+    the story tokens and the BOS after each, not the prompt); mode: windows or examples."""
     d = Path(data_dir)
     if not d.is_dir():
         raise ConfigError(f"data directory not found: {d} (make it with `python tinystories.py pretokenize`)")
@@ -243,8 +279,12 @@ def read_meta(data_dir, vocab):
         if not meta.get("complete"):
             raise ValueError(f"{d}: pretokenize did not finish (meta.json says incomplete); run it again")
         data_vocab = int(meta["vocab_size"])
+        mode = data_mode_of(meta, data_mode, d)
         val = meta["splits"]["val"]
-        bytes_per_token = val["n_bytes"] / val["n_tokens"]
+        counted = val["n_target_tokens"] if mode == "examples" else val["n_tokens"]
+        if not counted:
+            raise ValueError(f"the val split of {d} is empty: pretokenize it with a larger --val_frac")
+        bytes_per_token = val["n_bytes"] / counted
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from None
     except (KeyError, TypeError, ZeroDivisionError) as e:
@@ -252,7 +292,7 @@ def read_meta(data_dir, vocab):
     if vocab and vocab != data_vocab:
         raise ConfigError(f"--vocab_size {vocab} does not match the data in {d} (vocab {data_vocab}, "
                           f"tokenizer {meta.get('tokenizer', {}).get('path', '?')})")
-    return meta, data_vocab, bytes_per_token
+    return meta, data_vocab, bytes_per_token, mode
 
 
 # -----------------------------------------------------------------------------------------------
@@ -409,9 +449,27 @@ def load_checkpoint(path):
     if not p.is_file():
         raise ConfigError(f"checkpoint not found: {p}")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file
         raise ConfigError(f"{p}: not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or not {"model", "model_args"} <= set(ckpt):
+        raise ConfigError(f"{p}: not a train.py checkpoint (no model / model_args)")
+    return ckpt
+
+
+def load_init(path):
+    """Starting weights for --init_from PATH: a ckpt.pt of ours, or a llama2.c .bin (version 0, 1
+    or 2, read by export.py; it records no tokenizer, so only the vocabulary size is checked)."""
+    p = Path(path)
+    if p.suffix != ".bin":
+        return load_checkpoint(p)
+    from export import load_bin
+    try:
+        model = load_bin(p)
+    except (OSError, ValueError, RuntimeError) as e:  # missing, cut short, or shapes that do not fit
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"--init_from {p}: not a readable llama2.c model ({first})") from None
+    return {"model": model.state_dict(), "model_args": asdict(model.params)}
 
 
 # -----------------------------------------------------------------------------------------------
@@ -431,25 +489,47 @@ def get_lr(it, progress, warm_progress, cfg):
     return cfg["min_lr"] + coeff * (cfg["learning_rate"] - cfg["min_lr"])
 
 
+def make_batches(mode, split, cfg, device, rank, world_size, vocab, seed, start_batch=0, num_workers=0,
+                 n_batches=None):
+    """The batch stream of a split: random token windows (tinystories.iter_batches) or whole
+    examples with the prompt masked (tinystories.iter_examples)."""
+    B, T = cfg["batch_size"], cfg["max_seq_len"]
+    if mode == "examples":
+        return iter_examples(split, B, T, cfg["data_dir"], device, seed=seed, rank=rank, world_size=world_size,
+                             num_workers=num_workers, start_batch=start_batch, vocab_size=vocab,
+                             n_batches=n_batches, fixed_len=cfg["compile"])
+    return iter_batches(split, B, T, cfg["data_dir"], device, seed=seed, rank=rank, world_size=world_size,
+                        num_workers=num_workers, start_batch=start_batch, vocab_size=vocab)
+
+
 @torch.no_grad()
-def estimate_loss(model, cfg, ctx, device, vocab, rank, world_size):
+def estimate_loss(model, cfg, ctx, device, vocab, rank, world_size, mode="windows", splits=("train", "val")):
     """Mean loss over eval_iters fixed batches per split (the same batches at every evaluation),
-    shared out across the DDP ranks."""
+    shared out across the DDP ranks. Examples mode: at most one pass over the split, and the mean
+    is over the counted (story) tokens, not over batches, whose counts differ."""
     model.eval()
     out = {}
     n = max(1, cfg["eval_iters"] // world_size)
-    for split in ("train", "val"):
-        batches = iter_batches(split, cfg["batch_size"], cfg["max_seq_len"], cfg["data_dir"], device,
-                               seed=cfg["seed"] + 1, rank=rank, world_size=world_size, vocab_size=vocab)
+    for split in splits:
+        if mode == "examples":
+            n_split = min(n, batches_per_epoch(cfg["data_dir"], split, cfg["batch_size"], cfg["max_seq_len"],
+                                               world_size, vocab))
+        else:
+            n_split = n
+        batches = make_batches(mode, split, cfg, device, rank, world_size, vocab, cfg["seed"] + 1)
         total = torch.zeros((), device=device)
-        for _ in range(n):
+        count = torch.zeros((), device=device)
+        for _ in range(n_split):
             X, Y = next(batches)
             with ctx:
                 _, loss = model(X, Y)
-            total += loss.float()
+            w = (Y != -100).sum() if mode == "examples" else 1
+            total += loss.float() * w
+            count += w
         if world_size > 1:
             dist.all_reduce(total)
-        out[split] = total.item() / (n * world_size)
+            dist.all_reduce(count)
+        out[split] = total.item() / count.item()
     model.train()
     return out
 
@@ -516,8 +596,8 @@ def train(cfg):
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     master = rank == 0
     check_config(cfg, world_size)
-    cfg["data_dir"] = cfg["data_dir"] or default_data_dir()
-    meta, vocab, val_bytes_per_token = read_meta(cfg["data_dir"], cfg["vocab_size"])
+    cfg["data_dir"] = cfg["data_dir"] or default_data_dir(cfg["data_mode"])
+    meta, vocab, val_bytes_per_token, mode = read_meta(cfg["data_dir"], cfg["vocab_size"], cfg["data_mode"])
     dev = pick_device(cfg["device"], local_rank, ddp)
     device_type = "cuda" if dev.startswith("cuda") else dev
     amp = pick_dtype(cfg["dtype"], device_type)
@@ -525,7 +605,7 @@ def train(cfg):
     if cfg["init_from"] == "resume":
         ckpt = load_checkpoint(Path(cfg["out_dir"]) / "ckpt.pt")
     elif cfg["init_from"] != "scratch":
-        ckpt = load_checkpoint(cfg["init_from"])
+        ckpt = load_init(cfg["init_from"])
     if ckpt is not None:
         ck_tok, data_tok = ckpt.get("tokenizer") or {}, meta.get("tokenizer") or {}
         if ck_tok.get("sha256") and data_tok.get("sha256") and ck_tok["sha256"] != data_tok["sha256"]:
@@ -543,7 +623,8 @@ def train(cfg):
     if cfg["threads"] > 0:
         torch.set_num_threads(cfg["threads"])
     accum = cfg["gradient_accumulation_steps"] // world_size  # micro-steps per rank per iteration
-    B, T = cfg["batch_size"], cfg["max_seq_len"]
+    B, T = cfg["batch_size"], cfg["max_seq_len"] or ckpt["model_args"]["max_seq_len"]
+    cfg["max_seq_len"] = T
     tokens_per_iter = accum * world_size * B * T
     out_dir = Path(cfg["out_dir"])
     metrics_path, png_path = out_dir / "metrics.jsonl", out_dir / "loss.png"
@@ -568,6 +649,15 @@ def train(cfg):
                           shared_classifier=cfg["shared_classifier"])
     if T > margs.max_seq_len:
         raise ConfigError(f"--max_seq_len {T} exceeds the checkpoint's max_seq_len {margs.max_seq_len}")
+    if mode == "examples" and cfg["epochs"] > 0:  # the length of the run, in passes over train
+        try:
+            bpe = batches_per_epoch(cfg["data_dir"], "train", B, T, world_size, vocab)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+        cfg["max_iters"] = max(1, math.ceil(cfg["epochs"] * bpe / accum))
+        if master:
+            print(f"{cfg['epochs']:g} epoch(s) of {bpe} batches per process = {cfg['max_iters']} "
+                  f"iterations", flush=True)
     raw_model = Transformer(margs)
     iter_num, best_val_loss, elapsed_before = 0, float("inf"), 0.0
     # progress at the end of warmup: known in advance by iterations, measured under a time budget
@@ -596,10 +686,12 @@ def train(cfg):
 
     # --- data: batch k of this rank is a pure function of (seed, rank, k), so resuming is exact ---
     try:
-        train_batches = iter_batches("train", B, T, cfg["data_dir"], dev, seed=cfg["seed"], rank=rank,
-                                     world_size=world_size, num_workers=cfg["num_workers"],
-                                     start_batch=iter_num * accum, vocab_size=vocab)
+        train_batches = make_batches(mode, "train", cfg, dev, rank, world_size, vocab, cfg["seed"],
+                                     start_batch=iter_num * accum, num_workers=cfg["num_workers"])
         X, Y = next(train_batches)
+        if mode == "examples":  # a split the evaluations need must be readable now, not at iter 0
+            for split in ("val",) + (("test",) if "test" in meta["splits"] else ()):
+                batches_per_epoch(cfg["data_dir"], split, B, T, world_size, vocab)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from None
 
@@ -625,7 +717,7 @@ def train(cfg):
     budget = cfg["max_minutes"] * 60.0
     eval_reserve = 0.0  # how long the last evaluation took: the final one must fit in the budget
     t_start = time.time() - elapsed_before
-    t_log, iters_since_log, loss_sum = time.time(), 0, None
+    t_log, iters_since_log, loss_sum, tokens_since_log = time.time(), 0, None, 0
     running_mfu = -1.0
     while True:
         elapsed = time.time() - t_start
@@ -646,15 +738,23 @@ def train(cfg):
         resumed_here = cfg["init_from"] == "resume" and iter_num == start_iter and not last
         if (iter_num % cfg["eval_interval"] == 0 and not resumed_here) or last or cfg["eval_only"]:
             t_eval = time.time()
-            losses = estimate_loss(model, cfg, ctx, dev, vocab, rank, world_size)
+            splits = ("train", "val")
+            if mode == "examples" and (last or cfg["eval_only"]) and "test" in meta["splits"]:
+                splits += ("test",)  # the held-out test split, once, at the end
+            losses = estimate_loss(model, cfg, ctx, dev, vocab, rank, world_size, mode, splits)
             val_bpb = losses["val"] / math.log(2) / val_bytes_per_token
+            val_ppl = math.exp(min(losses["val"], 700.0))
             eval_reserve = time.time() - t_eval
             if master:
+                test = f", test loss {losses['test']:.4f} (perplexity {math.exp(losses['test']):.2f})" \
+                    if "test" in losses else ""
                 print(f"eval iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                      f"val {val_bpb:.4f} bits/byte ({eval_reserve:.1f}s)", flush=True)
+                      f"val perplexity {val_ppl:.2f}, val {val_bpb:.4f} bits/byte{test} ({eval_reserve:.1f}s)",
+                      flush=True)
+                extra = {"test_loss": losses["test"]} if "test" in losses else {}
                 log_metrics(metrics_path, event="eval", iter=iter_num, train_loss=losses["train"],
-                            val_loss=losses["val"], val_bpb=val_bpb, lr=lr,
-                            elapsed_s=time.time() - t_start)
+                            val_loss=losses["val"], val_ppl=val_ppl, val_bpb=val_bpb, lr=lr,
+                            elapsed_s=time.time() - t_start, **extra)
                 improved = losses["val"] < best_val_loss
                 best_val_loss = min(best_val_loss, losses["val"])
                 if not cfg["eval_only"] and (improved or cfg["always_save_checkpoint"] or last) and iter_num > 0:
@@ -674,6 +774,7 @@ def train(cfg):
         for micro in range(accum):
             sync = micro == accum - 1
             with (model.no_sync() if ddp and not sync else nullcontext()):
+                tokens_since_log += X.numel() * world_size  # examples: rows are as long as the batch needs
                 with ctx:
                     _, loss = model(X, Y)
                     loss = loss / accum
@@ -692,19 +793,20 @@ def train(cfg):
         if iter_num % cfg["log_interval"] == 0 and master:
             dt = (time.time() - t_log) / iters_since_log
             lossf = loss_sum.item() / iters_since_log
+            tok_iter = tokens_since_log / iters_since_log  # = tokens_per_iter for windows
             if iter_num - start_iter >= 5:  # let the first iterations (warm-up, compile) pass
-                mfu = raw_model.estimate_mfu(accum * world_size * B, dt, peak)
+                mfu = raw_model.estimate_mfu(tok_iter / T, dt, peak)
                 running_mfu = mfu if running_mfu < 0 else 0.9 * running_mfu + 0.1 * mfu
             left = (cfg["max_iters"] - iter_num) * dt
             if budget > 0:
                 left = min(left, budget - (time.time() - t_start))
             print(f"iter {iter_num} | loss {lossf:.4f} | lr {lr:.2e} | {dt * 1000:.1f} ms | "
-                  f"{tokens_per_iter / dt:,.0f} tok/s | mfu {max(running_mfu, 0) * 100:.2f}% | "
+                  f"{tok_iter / dt:,.0f} tok/s | mfu {max(running_mfu, 0) * 100:.2f}% | "
                   f"{100 * progress:.1f}% | eta {fmt_time(left)}", flush=True)
             log_metrics(metrics_path, event="train", iter=iter_num, loss=lossf, lr=lr, ms=dt * 1000,
-                        tok_s=tokens_per_iter / dt, mfu=running_mfu, elapsed_s=time.time() - t_start)
+                        tok_s=tok_iter / dt, mfu=running_mfu, elapsed_s=time.time() - t_start)
         if iter_num % cfg["log_interval"] == 0:
-            t_log, iters_since_log, loss_sum = time.time(), 0, None
+            t_log, iters_since_log, loss_sum, tokens_since_log = time.time(), 0, None, 0
 
     if ddp:
         dist.destroy_process_group()
