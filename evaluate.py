@@ -26,11 +26,11 @@ What it does:
    weights, fixed seed. They train on the labelled stories that is_val(story, --clf_val_frac) puts
    in the training part and are scored on the rest: accuracy, the base rate (always answering the
    training majority) and balanced accuracy are reported beside the results. Requests: --requests
-   of them, topics from the held-out labelled summaries, endings alternating happy/sad, each tag
-   asked with probability 1/2 (seeded); the prompt is conditions.build_prompt(topic, ending, tags).
-   The model writes one story per request (top-p sampling, seeded); the judges say whether the
-   ending and each asked tag are there. A tag's rate when not asked is reported too: obedience is
-   the difference between the two.
+   of them, topics from the held-out labelled summaries (else a few built-in ones), endings
+   alternating happy/sad, each tag asked with probability 1/2 (seeded); the prompt is
+   conditions.build_prompt(topic, ending, tags). The model writes one story per request (top-p
+   sampling, seeded); the judges say whether the ending and each asked tag are there. A tag's
+   rate when not asked is reported too: obedience is the difference between the two.
 3. Output in --out: report.md (tables, classifier accuracies, sample stories with their requests),
    metrics.json, nats_per_story.png and obedience.png; each file is written to a temporary name,
    then renamed.
@@ -455,15 +455,16 @@ def report_md(args, m, judges, labelled_desc, requests, stories, ob):
          f"stories that `tinystories.is_val(story, {args.val_frac})` holds out"
          + (f", the first {args.max_stories}" if args.max_stories else "") + ").", "",
          "## Held-out metrics", "",
-         "| stories | tokens counted | UTF-8 bytes | loss (nats/token) | perplexity | bits per byte | nats per story (mean / median) | tokens per story |",
+         "| stories | tokens counted | UTF-8 bytes | loss (nats/token) | perplexity | bits per byte "
+         "| nats per story (mean / median) | tokens per story |",
          "|---|---|---|---|---|---|---|---|",
          f"| {m['n_stories']:,} | {m['n_tokens']:,} | {m['n_bytes']:,} | {m['loss']:.4f} | "
          f"{m['perplexity']:.2f} | {m['bits_per_byte']:.4f} | {m['nats_per_story']:.1f} / "
          f"{m['nats_per_story_median']:.1f} | {m['tokens_per_story']:.1f} |", "",
          "Counted: each story's tokens and the BOS that closes it (the prompt, if any, is context). "
-         "Bits per byte = total nats / ln 2 / UTF-8 bytes of the stories. Seed 001 reports ~350 nats "
-         "per story (a GPT-2-tokenized model); nats per story does not depend on the tokenizer only "
-         "when the stories are the same, and these are not seed 001's.", "",
+         "Bits per byte = total nats / ln 2 / UTF-8 bytes of the stories. Nats per story is "
+         "-log p(story), comparable across tokenizers on the same stories; seed 001's ~350 is its own "
+         "model (GPT-2 tokenizer) on other stories (TinyStories-GPT4).", "",
          "![nats per story](nats_per_story.png)", ""]
     if judges is None:
         return "\n".join(L + ["No obedience measured (pass --labelled SOURCE).", ""])
@@ -564,7 +565,9 @@ def run(a, progress=True):
             if s["trained"]:
                 print(f"judge {name}: accuracy {s['accuracy']:.3f} (base rate {s['base_rate']:.3f}) "
                       f"on {s['n_val']} held-out labelled stories")
-        if a.requests:
+        if a.requests and not judges.models:
+            print("no judge could be trained (every feature has one class only): no requests")
+        elif a.requests:
             topics = [ex["summary"] for ex in judges.val if ex["summary"]] or list(DEFAULT_TOPICS)
             requests = make_requests(a.requests, topics, a.request_format,
                                      [t for t in TAGS if t in judges.models], a.seed)
