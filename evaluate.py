@@ -548,15 +548,10 @@ def run(a, progress=True):
     out = Path(a.out)
     lm, enc = open_model(a.model, a.tokenizer, a.threads)
     pairs = held_out(a.data, a.format, a.val_frac, a.max_stories)
-    # every input is read before the long steps, so a bad one fails at once
-    examples = read_labelled(a.labelled, a.max_labelled) if a.labelled is not None else None
-    m = evaluate_stories(lm, enc, pairs, progress)
-    print(f"{m['n_stories']} held-out stories, {m['n_tokens']} tokens: loss {m['loss']:.4f} nats/token, "
-          f"perplexity {m['perplexity']:.2f}, {m['bits_per_byte']:.4f} bits/byte, "
-          f"{m['nats_per_story']:.1f} nats/story")
     judges = ob = desc = None
     requests, stories = [], []
-    if examples is not None:
+    if a.labelled is not None:  # before the held-out scoring, so that bad labelled data fails at once
+        examples = read_labelled(a.labelled, a.max_labelled)
         judges = Judges(examples, a.clf_val_frac, a.seed)
         desc = (f"Labelled data: `{a.labelled}`, {len(examples):,} stories (the first "
                 f"{a.max_labelled:,} at most): {len(judges.train):,} trained the judges, "
@@ -565,6 +560,11 @@ def run(a, progress=True):
             if s["trained"]:
                 print(f"judge {name}: accuracy {s['accuracy']:.3f} (base rate {s['base_rate']:.3f}) "
                       f"on {s['n_val']} held-out labelled stories")
+    m = evaluate_stories(lm, enc, pairs, progress)
+    print(f"{m['n_stories']} held-out stories, {m['n_tokens']} tokens: loss {m['loss']:.4f} nats/token, "
+          f"perplexity {m['perplexity']:.2f}, {m['bits_per_byte']:.4f} bits/byte, "
+          f"{m['nats_per_story']:.1f} nats/story")
+    if judges is not None:
         if a.requests and not judges.models:
             print("no judge could be trained (every feature has one class only): no requests")
         elif a.requests:

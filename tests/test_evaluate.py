@@ -227,6 +227,8 @@ def test_bad_input(tmp_path, stories, capsys):
         (good + data + ["--val_frac", "1e-12"], "no held-out stories"),
         (good + data + ["--labelled", str(tmp_path / "missing.txt")], "--labelled"),
         (good + data + ["--labelled", str(tmp_path / "bad.csv")], "unknown kind of file"),
+        (good + data + ["--labelled", str(ROOT / "tests" / "fixtures" / "all_data")],
+         "both parts need some"),  # 3 stories: none held out to score the judges
         (good + data + ["--requests", "-1"], "--requests"),
         (good + data + ["--format", "instruct"], "format instruct"),
         (good + data + ["--bogus"], "unrecognized arguments"),
