@@ -1465,13 +1465,15 @@ static void print_piece(const bl_model *m, int prev, int token) {
     fflush(stdout);
 }
 
+static const char *prompt_name = "prompt (-i)";  // what the errors below call it
+
 // Encode the prompt with BOS; it must fit in `steps` positions. Returns the count or -1.
 static int encode_prompt(const bl_model *m, const char *prompt, int steps, int **ids) {
     char err[BL_ERRLEN];
     size_t cap = strlen(prompt) + 3;
     // every id covers at most max_len bytes: a prompt this long cannot fit, refuse before encoding
     if (strlen(prompt) / (size_t)(m->tok->max_len > 0 ? m->tok->max_len : 1) > (size_t)steps) {
-        fprintf(stderr, "error: prompt (-i) of %zu bytes is longer than the %d positions of -n\n", strlen(prompt), steps);
+        fprintf(stderr, "error: %s of %zu bytes is longer than the %d positions of -n\n", prompt_name, strlen(prompt), steps);
         return -1;
     }
     int n = 0;
@@ -1481,8 +1483,8 @@ static int encode_prompt(const bl_model *m, const char *prompt, int steps, int *
         return -1;
     }
     if (n > steps) {
-        fprintf(stderr, "error: prompt (-i) is %d tokens with BOS, more than the %d positions of -n "
-                        "(the context holds %d)\n", n, steps, m->cfg.seq_len);
+        fprintf(stderr, "error: %s is %d tokens with BOS, more than the %d positions of -n "
+                        "(the context holds %d)\n", prompt_name, n, steps, m->cfg.seq_len);
         return -1;
     }
     return n;
@@ -1787,7 +1789,7 @@ int main(int argc, char **argv) {
     if (check_options(&o)) return 1;
     char *request = NULL;  // the prompt of -a/-e/-g, checked before the model is opened
     if ((o.topic || o.ending || o.tags) && !(request = request_prompt(&o))) return 1;
-    if (request) o.prompt = request;
+    if (request) o.prompt = request, prompt_name = "prompt (the -a/-e/-g request, then -i)";
     if (o.threads > 0) bl_set_threads(o.threads);
     char err[BL_ERRLEN];
     bl_model *m = NULL;

@@ -59,6 +59,7 @@ def main():
              "tags": ["-g", "MoralValue,twist", "-E", "100", "-S", "1", "-s", "2"],
              "request_bad": ["-a", "x", "-e", "sad", "-g", "BadEnding,Foo,"],
              "bias": ["-t", "0", "-E", "100", "-S", "2", "-i", "Once"],
+             "request_long": ["-a", " \U0001F600\t" * 200 + "\u00e9" * 100, "-e", "happy"],  # 500 characters
              "batch_bias": ["-b", "2", "-E", "0.5", "-S", "0", "-s", "4", "-i", "Once"]}
     for name, argv in argvs.items():
         (corpus / "cli" / name).write_bytes(b"\0".join(a.encode() for a in argv))
