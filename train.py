@@ -246,14 +246,16 @@ def check_config(cfg, world_size):
 
 def default_data_dir(data_mode="auto"):
     """Where `tinystories.py pretokenize` (no --out_dir) writes shards of the project tokenizer:
-    plain ones, or --format instruct ones for --data_mode examples."""
+    plain ones, or --format instruct ones (with or without --balance) for --data_mode examples."""
     from tokenizer import Tokenizer
     try:
         ident = Tokenizer().identity()
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"no --data_dir given and {e}") from None
-    fmt = "instruct" if data_mode == "examples" else "plain"
-    return str(default_out_dir(None, ident["sha256"], ident["vocab_size"], fmt))
+    if data_mode != "examples":
+        return str(default_out_dir(None, ident["sha256"], ident["vocab_size"]))
+    dirs = [default_out_dir(None, ident["sha256"], ident["vocab_size"], "instruct", bal) for bal in (False, True)]
+    return str(next((d for d in dirs if d.is_dir()), dirs[0]))  # balanced or not, whichever was made
 
 
 def data_mode_of(meta, data_mode, data_dir):
