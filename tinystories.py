@@ -948,6 +948,10 @@ def get_example_batch(stream, k, batch_size, seq_len, seed, rank, world_size, sh
 class ExampleBatchDataset(BatchDataset):
     """Batch k of whole examples as item k, for a DataLoader (as BatchDataset)."""
 
+    def __init__(self, bin_dir, split, batch_size, seq_len, seed, rank, vocab_size, world_size, shuffle, fixed):
+        self.args = (bin_dir, split, batch_size, seq_len, seed, rank, vocab_size, world_size, shuffle, fixed)
+        self.stream = None
+
     def __getitem__(self, k):
         bin_dir, split, batch_size, seq_len, seed, rank, vocab_size, world_size, shuffle, fixed = self.args
         if self.stream is None:
@@ -971,8 +975,8 @@ def iter_examples(split, batch_size, seq_len, bin_dir, device="cpu", seed=1337, 
     device = torch.device(device)
     pin = device.type == "cuda"
     if num_workers > 0:
-        ds = ExampleBatchDataset(bin_dir, split, batch_size, seq_len, seed, rank, vocab_size)
-        ds.args += (world_size, shuffle, fixed_len)
+        ds = ExampleBatchDataset(bin_dir, split, batch_size, seq_len, seed, rank, vocab_size, world_size,
+                                 shuffle, fixed_len)
         source = torch.utils.data.DataLoader(ds, batch_size=None, sampler=ks, num_workers=num_workers,
                                              pin_memory=pin)
     else:

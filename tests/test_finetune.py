@@ -99,6 +99,18 @@ def test_each_format_on_the_parser_fixture(fmt, line, tmp_path, tok):
     assert prompts == want and any(line in p for p in prompts)
 
 
+def test_all_data_and_gpt4_rows_too(tmp_path, tok):
+    files = sorted((FIX / "all_data").glob("data*.json")) + [FIX / "gpt4_sample.parquet"]
+    out = ts.pretokenize(files, out_dir=tmp_path / "o", workers=1, progress=False, fmt="instruct_tags",
+                         val_frac=0.0, test_frac=0.0)
+    st = ts.ExampleStream(out, "train")
+    want = [conditions.format_example(ex, "instruct_tags") for f in files for ex in conditions.read_examples(f)]
+    got = [tuple(tok.decode(part) for part in st.example(i)) for i in range(len(st))]
+    assert len(got) == len(want) > 0 and [g[0] for g in got] == [w[0] for w in want]
+    # a directory: the conditional formats take its .parquet files too, plain never does
+    assert files[-1] in ts.find_inputs(FIX, labelled=True) and files[-1] not in ts.find_inputs(FIX)
+
+
 def test_rerun_skips_and_settings_are_kept(ft_data, tmp_path):
     out = pretok(FT, tmp_path / "a")
     before = {p.name: p.read_bytes() for p in out.glob("*.bin")}

@@ -479,3 +479,11 @@ def test_batch_dataset_pickles_small(shards):
     back = pickle.loads(pickle.dumps(ds))
     assert len(pickle.dumps(ds)) < 2000 and back.stream is None
     assert torch.equal(back[7][0], x) and torch.equal(back[7][1], y)
+
+
+def test_plain_shards_are_pinned(tmp_path):
+    """Plain shards of the shared text are byte for byte those of the first shard format (before
+    the conditional formats were added): sha256 of each file, recorded then."""
+    out = ts.pretokenize(ts.find_inputs(need(TINYSTORIES)), out_dir=tmp_path / "o", progress=False, workers=2)
+    got = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in out.glob("*.bin")}
+    assert got == {"train_00000.bin": "86a60e1dad2e127d", "val_00000.bin": "0978607579742252"}
