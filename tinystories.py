@@ -1037,7 +1037,8 @@ def main(argv=None):
                    help="use data/tok{N}.model made by train_vocab")
     g.add_argument("--tokenizer", default=None,
                    help="sentencepiece .model (default: the project's tokenizer.model)")
-    p.add_argument("--out_dir", default=None, help="shard directory (default data/tok{V}_{sha8})")
+    p.add_argument("--out_dir", default=None, help="shard directory (default data/tok{V}_{sha8}, + _{format}[_bal] for the "
+                        "conditional formats)")
     p.add_argument("--shard_stories", type=int, default=50_000, help="input stories per shard (default %(default)s)")
     p.add_argument("--workers", type=int, default=None, help="encoding processes (default: every core)")
 
