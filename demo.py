@@ -7,7 +7,9 @@ demo.py: a web page that writes a story on request (seed 002 step 8), streamed a
 "Write a story about: [____]", "With: happy | sad ending", the six narrative features as checkboxes,
 sampling controls (temperature, top-p, maximum tokens, seed) and a Generate button. The request
 becomes a prompt by conditions.build_prompt (the rule the CLI and the trainer share), and the C
-engine continues it through the `babyllama` bindings, one piece of text at a time. Bad requests and
+engine continues it through the `babyllama` bindings, one piece of text at a time, with seed 001's
+end-of-story bias (BOS's logit grows by 0.05 per token past 200: stories end on their own before
+the hard maximum). Bad requests and
 engine errors show a one-line message on the page, never a stack trace. Gradio's queue bounds the
 work: at most --concurrency stories at once (one bl_state each; the weights are shared), at most
 --queue waiting; a request body over 64 KB is refused (413) before it is read.
@@ -29,12 +31,14 @@ import conditions
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL = ROOT / "models" / "tinystories-cpu.bin"
 MAX_TOKENS = 350      # seed 001's hard maximum
+END_BIAS, END_BIAS_AFTER = 0.05, 200  # seed 001's end-of-story bias: BOS's logit += 0.05 per token past 200
 MAX_SEED = 2**31 - 1
 MAX_BODY = 64 * 1024  # bytes in one HTTP request: a request is a short topic and a few settings
 CSS = "#story textarea {font-size: 1.05em; line-height: 1.5}"
 
 
-def check_request(topic, ending, tags, temperature, top_p, max_tokens, seed, seq_len):
+def check_request(topic, ending, tags, temperature, top_p, max_tokens, seed, seq_len,
+                  end_bias=END_BIAS, end_bias_after=END_BIAS_AFTER):
     """The prompt and the sampling settings of a request, or ValueError with a message for a
     person. Values come from the page, but anyone can post to Gradio's API: check them all."""
     if not isinstance(topic, str) or not topic.strip():
@@ -54,6 +58,7 @@ def check_request(topic, ending, tags, temperature, top_p, max_tokens, seed, seq
     try:
         temperature, top_p = float(temperature), float(top_p)
         max_tokens, seed = int(max_tokens), int(seed or 0)
+        end_bias, end_bias_after = float(end_bias), int(end_bias_after)
     except (TypeError, ValueError):
         raise ValueError("Sampling settings must be numbers.") from None
     if not 0 <= temperature <= 2 or not 0 <= top_p <= 1:
@@ -62,16 +67,20 @@ def check_request(topic, ending, tags, temperature, top_p, max_tokens, seed, seq
         raise ValueError(f"Max tokens must be within 1..{seq_len}.")
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"Seed must be within 0..{MAX_SEED} (0: a new random seed).")
+    if not 0 <= end_bias <= 1 or not 0 <= end_bias_after < 2**31:  # a start past the context: off
+        raise ValueError("The end-of-story bias must be within 0..1, its start at least 0.")
     prompt = conditions.build_prompt(topic, ending, tags or None)
     return prompt, dict(temperature=temperature, top_p=top_p, max_new_tokens=max_tokens,
-                        seed=seed or secrets.randbelow(MAX_SEED) + 1)
+                        seed=seed or secrets.randbelow(MAX_SEED) + 1, end_bias=end_bias,
+                        end_bias_after=end_bias_after)
 
 
-def story_stream(model, topic, ending, tags, temperature, top_p, max_tokens, seed):
+def story_stream(model, topic, ending, tags, temperature, top_p, max_tokens, seed,
+                 end_bias=END_BIAS, end_bias_after=END_BIAS_AFTER):
     """Yield (story so far, status line) while the engine writes."""
     try:
         prompt, kw = check_request(topic, ending, tags, temperature, top_p, max_tokens, seed,
-                                   model.config.seq_len)
+                                   model.config.seq_len, end_bias, end_bias_after)
     except ValueError as e:
         yield "", f"**Error:** {e}"
         return
