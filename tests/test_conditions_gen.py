@@ -184,30 +184,36 @@ def torch_model():
     torch.set_num_threads(n)
 
 
-def torch_story(torch_model, story_m, max_new, **kw):
+def torch_story(torch_model, story_m, max_new, request=REQUEST, **kw):
     """model.py's greedy story on request, as the text the bindings return."""
     model, tok = torch_model
     start = kw.pop("start", None)
-    out = model.generate(start, max_new, temperature=0.0, stop_ids=[1, 2], tokenizer=tok, **REQUEST, **kw)[0].tolist()
-    prompt = tok.encode(conditions.build_prompt(**REQUEST) + (start or ""), bos=True, eos=False)
+    out = model.generate(start, max_new, temperature=0.0, stop_ids=[1, 2], tokenizer=tok, **request, **kw)[0].tolist()
+    prompt = tok.encode(conditions.build_prompt(**request) + (start or ""), bos=True, eos=False)
     assert out[:len(prompt)] == prompt  # the same prompt ids as the engine's encoder
     return (story_m.decode_bytes(out)[len(story_m.decode_bytes(prompt)):]).decode("utf-8", "replace")
 
 
-def cli_story(story_m, max_new, *extra):
-    prompt = conditions.build_prompt(**REQUEST)
+def cli_story(story_m, max_new, *extra, request=REQUEST):
+    prompt = conditions.build_prompt(**request)
     n = len(story_m.encode(prompt)) - 1 + max_new  # -n counts positions: BOS and prompt first
-    out = cli(MODEL, "-z", TOKENIZER_BIN, "-t", "0", "-n", n, "-a", REQUEST["topic"], "-e", REQUEST["ending"],
-              "-g", ",".join(REQUEST["tags"]), *extra).stdout.decode()
+    flags = [("-a", request.get("topic")), ("-e", request.get("ending")), ("-g", ",".join(request.get("tags") or []))]
+    out = cli(MODEL, "-z", TOKENIZER_BIN, "-t", "0", "-n", n, *[x for f, v in flags if v for x in (f, v)],
+              *extra).stdout.decode()
     assert out.startswith(prompt) and out.endswith("\n")
     return out[len(prompt):-1]
 
 
-def test_greedy_story_on_request_agrees(story, torch_model):
-    text = story.generate(max_new_tokens=60, temperature=0.0, **REQUEST)
+@pytest.mark.parametrize("request_", [REQUEST, dict(topic="the moon", ending="sad"),
+                                      dict(tags=["twist", "BadEnding", "Conflict"])])
+def test_greedy_story_on_request_agrees(story, torch_model, request_):
+    text = story.generate(max_new_tokens=60, temperature=0.0, **request_)
     assert len(text) > 100
-    assert text == cli_story(story, 60)
-    assert text == torch_story(torch_model, story, 60)
+    assert text == cli_story(story, 60, request=request_)
+    assert text == torch_story(torch_model, story, 60, request=request_)
+
+
+def test_greedy_story_after_a_start_agrees(story, torch_model):
     # the story's start (-i) after the request
     start = "Once upon a time, Tom"
     text = story.generate(start, max_new_tokens=30, temperature=0.0, **REQUEST)
