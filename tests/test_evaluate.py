@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 
-import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
