@@ -811,6 +811,7 @@ def train(cfg):
             t_log, iters_since_log, loss_sum, tokens_since_log = time.time(), 0, None, 0
 
     if ddp:
+        dist.barrier()  # rank 0 may still be writing the last checkpoint: tear down together
         dist.destroy_process_group()
 
 
