@@ -24,6 +24,9 @@ HARD = [
     "non\u00a0breaking", "\x01\x02\x1f control", "\x7f", "<s>", "</s>", "<unk>", "<0x41>", "<0x0A>",
     "▁", "a▁b",
     "The quick brown fox jumps over the lazy dog. " * 4,
+    # runs of one character: equal-scoring overlapping pairs, where only the leftmost-first order
+    # gives sentencepiece's ids
+    "aaaa", "aaaaaaa", "zzzz", "zzzzzz", "oooo", ".....", "!!!!!!!!", "hahahaha", "ee ee eee",
 ]
 
 
@@ -41,6 +44,13 @@ def tinystories_lines(n=300):
             if len(lines) == n:
                 break
     return lines
+
+
+def long_text(n=200_000):
+    """One text of the first n characters of the shared TinyStories file, newlines and all: tens of
+    thousands of merges in one call (the heap order must stay sentencepiece's all the way)."""
+    path = TINYSTORIES / "TinyStories-train.head.txt"
+    return [path.read_text(encoding="utf-8")[:n]] if path.exists() else []
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +73,7 @@ def check_parity(encoder, model_path, tmp_path):
     from tokenizer import Tokenizer
     tok = Tokenizer(model_path)
     bin_path = tok.export(tmp_path / "tokenizer.bin")
-    texts = HARD + tinystories_lines()
+    texts = HARD + tinystories_lines() + long_text()
     got = c_encode(encoder, bin_path, tok.n_words, texts)
     bad = [(t, g, tok.encode(t, bos=False)) for t, g in zip(texts, got) if g != tok.encode(t, bos=False)]
     assert not bad, f"{len(bad)} of {len(texts)} texts differ; first: {bad[0]!r}"
