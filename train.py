@@ -117,9 +117,9 @@ PRESETS = {
     "110M": dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, vocab_size=32000, max_seq_len=1024),
     # 10 minutes on 2 CPU cores on the shared TinyStories text, tuned by measurement (models/README.md):
     # bf16 autocast (AMX) + torch.compile for speed, a high peak lr that a time-based cosine brings down
-    "cpu": dict(out_dir="out/cpu", vocab_size=0, dim=128, n_layers=4, n_heads=4, n_kv_heads=4,
-                multiple_of=32, max_seq_len=256, batch_size=32, gradient_accumulation_steps=1,
-                learning_rate=3e-3, warmup_iters=50, min_lr=1e-4, max_iters=100000,
+    "cpu": dict(out_dir="out/cpu", vocab_size=0, dim=160, n_layers=4, n_heads=5, n_kv_heads=5,
+                multiple_of=32, max_seq_len=256, batch_size=16, gradient_accumulation_steps=1,
+                learning_rate=2e-3, warmup_iters=50, min_lr=1e-4, max_iters=100000,
                 max_minutes=10.0, eval_interval=250, eval_iters=16, log_interval=25,
                 dtype="bfloat16", compile=True),
     # seed 002's instruction fine-tuning: start from --init_from, constant AdamW 5e-5, weight decay

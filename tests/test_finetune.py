@@ -13,6 +13,7 @@ labelled BadEnding: labels made for these tests, not judged from the stories. CP
 """
 import json
 import math
+import struct
 import subprocess
 import sys
 
@@ -235,7 +236,8 @@ def test_finetune_from_bin_loss_falls_and_resumes(ft_data, tmp_path):
     ev = evals(full)
     bpe = ts.batches_per_epoch(ft_data, "train", 8, 256)
     ck = torch.load(full / "ckpt.pt", weights_only=True)
-    assert ck["iter_num"] == 2 * bpe and ck["model_args"]["dim"] == 128 and ck["model_args"]["max_seq_len"] == 256
+    dim, seq_len = struct.unpack("<7i", BIN.read_bytes()[8:36])[0::6]  # the .bin's v1 header: its shape
+    assert ck["iter_num"] == 2 * bpe and ck["model_args"]["dim"] == dim and ck["model_args"]["max_seq_len"] == seq_len
     assert ev[0]["iter"] == 0 and ev[-1]["iter"] == 2 * bpe
     assert ev[-1]["train_loss"] < ev[0]["train_loss"] - 0.1  # it learns the fine-tuning stories
     assert all(e["val_ppl"] == pytest.approx(math.exp(e["val_loss"])) for e in ev)
