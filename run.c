@@ -468,7 +468,11 @@ static void softmax(float *x, int n) {
 }
 
 // y[b, i] = W[i, :] . x[b, :] for rows i0 <= i < i1 of W[d, n] and the B rows of x[B, n] (fp32).
-// One weight row serves all B activation rows while it is in cache.
+// One weight row serves all B activation rows while it is in cache. (Unused where run_simd.h's
+// kernel replaces it: it stays compiled as the reference that `make run_ref` runs.)
+#if defined(__GNUC__)
+__attribute__((unused))
+#endif
 static void rows_f32(float *y, const float *x, const float *w, int n, int d, int i0, int i1, int B) {
     for (int i = i0; i < i1; i++) {
         const float *row = w + (size_t)i * n;

@@ -24,9 +24,6 @@
 
 #define SIMD_INLINE static inline __attribute__((always_inline))
 
-// run.c's plain fp32 kernel stays defined beside this one (the reference for `make run_ref`)
-static void rows_f32(float *y, const float *x, const float *w, int n, int d, int i0, int i1, int B) __attribute__((unused));
-
 // Load n < 16 trailing floats, zeros after them (a zero adds nothing to an FMA sum).
 SIMD_INLINE __m512 load_tail(const float *p, int n) { return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p); }
 
