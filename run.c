@@ -658,7 +658,7 @@ typedef struct {
 // Rows of W per item of the parallel loop: about ITEM_BYTES of weights, a multiple of TILE, yet
 // at least 2 items per thread for balance. Long contiguous reads are what the prefetchers follow,
 // and every item costs an atomic claim: against 16-row items, 110M int8 decodes 1.7x faster
-// (prefill 1.2x, batches 1.15x), 15M fp32 1.1x (bench/README.md).
+// (prefill 1.2x, batches 1.15x), 15M 1.2x (bench/README.md).
 static int rows_per_item(const Tensor *w, int threads) {
     size_t row_bytes = w->gs ? (size_t)w->cols + (size_t)w->cols / (size_t)w->gs * 4 : (size_t)w->cols * 4;
     size_t r = ITEM_BYTES / row_bytes, cap = (size_t)w->rows / (2 * (size_t)threads);
