@@ -307,8 +307,9 @@ class StoryEncoder:
     that property, are encoded whole."""
 
     def __init__(self, model_path, max_cache=1 << 18):
-        import sentencepiece as spm
-        self.sp = spm.SentencePieceProcessor(model_file=str(model_path))
+        from tokenizer import Tokenizer
+        self.tok = Tokenizer(model_path)  # encode(text, bos, eos) for conditions.encode_example
+        self.sp = self.tok.sp
         self.bos = self.sp.bos_id()
         self.dtype = token_dtype(self.sp.vocab_size())
         self.bos_bytes = self.to_bytes([self.bos])
@@ -520,8 +521,7 @@ def _encode_examples(examples, val_frac, test_frac):
     is conditions.encode_example's prompt ids (BOS first) then story ids; the split follows the
     story text alone, as for plain stories. In a worker."""
     from conditions import encode_example
-    tok = _worker_encoder.sp  # encode(text, bos, eos) through a small adapter below
-    tok = _SpTokenizer(tok)
+    tok = _worker_encoder.tok
     parts = {k: [] for k in _splits(test_frac)}
     table = {k: [] for k in parts}
     stats = {k: [0, 0] for k in parts}
@@ -537,17 +537,6 @@ def _encode_examples(examples, val_frac, test_frac):
     ids = {k: _worker_encoder.to_bytes(v) for k, v in parts.items()}
     bounds = {k: np.array(v, dtype=BOUND).tobytes() for k, v in table.items()}
     return ids, stats, bounds
-
-
-class _SpTokenizer:
-    """encode(text, bos, eos) of a sentencepiece processor, as tokenizer.Tokenizer's (what
-    conditions.encode_example expects), without loading the model a second time."""
-
-    def __init__(self, sp):
-        self.sp, self.bos_id = sp, sp.bos_id()
-
-    def encode(self, text, bos=True, eos=False):
-        return ([self.bos_id] if bos else []) + self.sp.encode(text) + ([self.sp.eos_id()] if eos else [])
 
 
 def iter_labelled(paths, fmt, balance=False):
