@@ -171,7 +171,7 @@ venv: $(VENV)/.installed
 
 # The bindings' extension (pip install -e . compiled it first) is recompiled in place whenever the
 # engine changes, so `import babyllama` always runs the current run.c.
-build/.bindings: run.c run_simd.h babyllama.h babyllama/_build.py $(VENV)/.installed
+build/.bindings: run.c run_simd.h babyllama.h attention.c babyllama/_build.py $(VENV)/.installed
 	@mkdir -p build
 	$(PY) babyllama/_build.py
 	touch $@

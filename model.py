@@ -2,7 +2,8 @@
 model.py: the Llama 2 Transformer in one readable file (in the style of llama2.c's model.py / nanoGPT).
 
 What it does: RMSNorm, rotary position embeddings, grouped-query attention (n_kv_heads <= n_heads)
-through PyTorch's scaled_dot_product_attention, a SwiGLU feed-forward with llama2.c's `multiple_of`
+through PyTorch's scaled_dot_product_attention (or, for training on a CPU, attention.py's kernel:
+Transformer.use_kernel), a SwiGLU feed-forward with llama2.c's `multiple_of`
 rule, token embeddings tied to the output classifier by default, dropout, and `generate()` with a real
 KV cache (the prompt is run once, then one token per step) and temperature / top-k / top-p sampling.
 Also: parameter count, a FLOPs-per-token estimate and MFU, and AdamW parameter groups.
@@ -21,6 +22,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+import attention
 
 
 @dataclass
@@ -114,6 +117,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_heads * self.head_size, args.dim, bias=False)
         self.dropout = args.dropout
         self.resid_dropout = nn.Dropout(args.dropout)
+        self.kernel = "sdpa"  # or "babyllama": attention.py's CPU kernel where it applies (use_kernel)
 
     def forward(self, x, cos, sin, cache=None, layer=0, start_pos=0):
         B, T, _ = x.shape
@@ -121,6 +125,11 @@ class Attention(nn.Module):
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_size)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_size)
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
+
+        if self.kernel == "babyllama" and cache is None and T > 1 and \
+                attention.supports(q, self.dropout if self.training else 0.0):
+            y = attention.causal_attention(q, k, v)  # takes this layout as it is, GQA included
+            return self.resid_dropout(self.wo(y.view(B, T, -1)))
 
         mask, causal = None, True
         if cache is not None:
@@ -217,6 +226,19 @@ class Transformer(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
                                    ignore_index=-100)
         return logits, loss
+
+    def use_kernel(self, kernel):
+        """Which attention kernel the layers use: "sdpa" (PyTorch's scaled_dot_product_attention) or
+        "babyllama" (attention.py's, for training on a CPU; calls it cannot run, such as generation
+        with a KV cache or dropout, still go to sdpa). Returns the kernel in effect."""
+        if kernel not in ("sdpa", "babyllama"):
+            raise ValueError(f"attention kernel {kernel!r}: expected sdpa or babyllama")
+        if kernel == "babyllama" and not attention.available():
+            raise ValueError("attention kernel babyllama: babyllama._attention is not compiled "
+                             "(pip install -e . or make build/.bindings)")
+        for layer in self.layers:
+            layer.attention.kernel = kernel
+        return kernel
 
     # ---- accounting --------------------------------------------------------------------------
     def num_params(self):

@@ -101,6 +101,7 @@ compile = False  # torch.compile the model (falls back with a warning)
 threads = 0  # CPU threads for torch (0: its default)
 num_workers = 0  # data-loader worker processes
 adamw = "auto"  # auto (fused where available) | fused | foreach | loop
+attention = "auto"  # auto (babyllama on the CPU when compiled, else sdpa) | sdpa | babyllama (attention.py)
 seed = 1337
 peak_tflops = 0.0  # peak for MFU (0: guess; A100 bf16 312 on CUDA, from the cores on CPU)
 preset = ""  # 260K | 15M | 42M | 110M | cpu
@@ -240,6 +241,8 @@ def check_config(cfg, world_size):
         raise ConfigError(f"--dtype {cfg['dtype']!r}: choose float32, bfloat16 or float16")
     if cfg["adamw"] not in ("auto", "fused", "foreach", "loop"):
         raise ConfigError(f"--adamw {cfg['adamw']!r}: choose auto, fused, foreach or loop")
+    if cfg["attention"] not in ("auto", "sdpa", "babyllama"):
+        raise ConfigError(f"--attention {cfg['attention']!r}: choose auto, sdpa or babyllama")
     if not 0.0 <= cfg["dropout"] < 1.0:
         raise ConfigError(f"--dropout must be in [0, 1), got {cfg['dropout']}")
 
@@ -379,6 +382,21 @@ def try_compile(model, X, Y, ctx):
     finally:
         model.zero_grad(set_to_none=True)
         torch.set_rng_state(rng)
+
+
+def attention_kernel(cfg, device_type):
+    """--attention resolved: babyllama's kernel (attention.py) on the CPU where it is compiled, else
+    PyTorch's scaled_dot_product_attention."""
+    import attention
+    want = cfg["attention"]
+    if want == "auto":
+        return "babyllama" if device_type == "cpu" and attention.available() else "sdpa"
+    if want == "babyllama" and device_type != "cpu":
+        raise ConfigError(f"--attention babyllama runs on the CPU only (device: {device_type})")
+    if want == "babyllama" and not attention.available():
+        raise ConfigError("--attention babyllama: babyllama._attention is not compiled "
+                          "(pip install -e . or make build/.bindings)")
+    return want
 
 
 def make_optimizer(model, cfg, device_type):
@@ -667,6 +685,7 @@ def train(cfg):
     if ckpt is not None:
         raw_model.load_state_dict(ckpt["model"])
     raw_model.to(dev)
+    kernel = raw_model.use_kernel(attention_kernel(cfg, device_type))
     optimizer = make_optimizer(raw_model, cfg, device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=(amp == "float16"))
     if cfg["init_from"] == "resume":
@@ -710,7 +729,7 @@ def train(cfg):
               f"{margs.n_heads} heads ({margs.n_kv_heads} kv), hidden {margs.hidden_dim}, vocab {vocab}, "
               f"seq {T}", flush=True)
         print(f"training: {dev}, autocast {amp}, {world_size} process(es), {tokens_per_iter:,} tokens/iter "
-              f"= {accum} x {world_size} x {B} x {T}, {torch.get_num_threads()} threads"
+              f"= {accum} x {world_size} x {B} x {T}, {torch.get_num_threads()} threads, attention {kernel}"
               f"{', compiled' if model is not raw_model and cfg['compile'] else ''}", flush=True)
         log_metrics(metrics_path, event="start", iter=iter_num, n_params=n_params, config=cfg,
                     model_args=asdict(margs), device=dev, autocast=amp, world_size=world_size)

@@ -103,12 +103,34 @@ ffibuilder.set_source(
     libraries=["m"],
 )
 
+# attention.c (the training kernel behind attention.py) as babyllama._attention: plain C, no OpenMP
+# runtime (its threads are its own); fused multiply-adds allowed (nothing here must match ./run bit for bit).
+ATTENTION_API = """
+int bl_attention_forward(const float *q, const float *k, const float *v, float *out, float *lse,
+                         int B, int T, int H, int KV, int D, float scale, int threads);
+int bl_attention_backward(const float *dout, const float *q, const float *k, const float *v, const float *out,
+                          const float *lse, float *dq, float *dk, float *dv, int B, int T, int H, int KV, int D,
+                          float scale, int threads);
+"""
+attention_builder = FFI()
+attention_builder.cdef(ATTENTION_API)
+attention_builder.set_source(
+    "babyllama._attention",
+    '#include "attention.c"\n',
+    include_dirs=[str(ROOT)],
+    depends=[str(ROOT / "attention.c")],
+    extra_compile_args=[f for f in _cflags if f != "-fopenmp"] + ["-fopenmp-simd", "-ffp-contract=fast"],
+    extra_link_args=[f for f in _ldflags if f != "-fopenmp"],
+    libraries=["m"],
+)
+
 if __name__ == "__main__":
     # in-place build for a checkout (the Makefile runs this when run.c changes): compile under
     # build/cffi, then move the .so next to this file, where `import babyllama` finds it first
     import shutil
-    print("compiling babyllama/_babyllama with:", " ".join(_cflags), file=sys.stderr)
-    so = Path(ffibuilder.compile(tmpdir=str(ROOT / "build" / "cffi"), verbose=False))
-    dest = ROOT / "babyllama" / so.name
-    shutil.copyfile(so, str(dest) + ".tmp")
-    os.replace(str(dest) + ".tmp", dest)
+    for builder in (ffibuilder, attention_builder):
+        print("compiling", builder._assigned_source[0], file=sys.stderr)
+        so = Path(builder.compile(tmpdir=str(ROOT / "build" / "cffi"), verbose=False))
+        dest = ROOT / "babyllama" / so.name
+        shutil.copyfile(so, str(dest) + ".tmp")
+        os.replace(str(dest) + ".tmp", dest)

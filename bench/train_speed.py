@@ -35,14 +35,18 @@ SHAPES = {
 # name -> train.py args. The baseline is what plain PyTorch does by default on a CPU: fp32, eager,
 # AdamW's for-loop implementation, all cores.
 VARIANTS = {
-    "eager fp32 (baseline)": ["--dtype", "float32", "--adamw", "loop"],
-    "eager fp32, fused AdamW": ["--dtype", "float32", "--adamw", "fused"],
-    "eager fp32, foreach AdamW": ["--dtype", "float32", "--adamw", "foreach"],
-    "eager bf16 autocast, fused AdamW": ["--dtype", "bfloat16", "--adamw", "fused"],
-    "compiled fp32, fused AdamW": ["--dtype", "float32", "--adamw", "fused", "--compile"],
-    "compiled bf16, fused AdamW": ["--dtype", "bfloat16", "--adamw", "fused", "--compile"],
-    "compiled bf16, fused AdamW, 1 thread": ["--dtype", "bfloat16", "--adamw", "fused", "--compile",
-                                             "--threads", "1"],
+    "eager fp32 (baseline)": ["--dtype", "float32", "--adamw", "loop", "--attention", "sdpa"],
+    "eager fp32, fused AdamW": ["--dtype", "float32", "--adamw", "fused", "--attention", "sdpa"],
+    "eager bf16 autocast, fused AdamW": ["--dtype", "bfloat16", "--adamw", "fused", "--attention", "sdpa"],
+    "compiled bf16, fused AdamW": ["--dtype", "bfloat16", "--adamw", "fused", "--compile", "--attention", "sdpa"],
+    "eager fp32, fused, our attention": ["--dtype", "float32", "--adamw", "fused", "--attention", "babyllama"],
+    "eager bf16, fused, our attention": ["--dtype", "bfloat16", "--adamw", "fused", "--attention", "babyllama"],
+    "compiled fp32, fused, our attention": ["--dtype", "float32", "--adamw", "fused", "--compile",
+                                            "--attention", "babyllama"],
+    "compiled bf16, fused, our attention": ["--dtype", "bfloat16", "--adamw", "fused", "--compile",
+                                            "--attention", "babyllama"],
+    "compiled bf16, fused, our attention, 1 thread": ["--dtype", "bfloat16", "--adamw", "fused", "--compile",
+                                                      "--attention", "babyllama", "--threads", "1"],
 }
 
 
