@@ -21,12 +21,8 @@
  * falls back to PyTorch's kernel for all of those).
  */
 #include <math.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define MAX_THREADS 64
 
 // ----------------------------------------------------------------------------------------------
 // 16 floats at a time, with GCC/clang vector types: the compiler turns them into one AVX-512
@@ -95,14 +91,13 @@ typedef struct {
     float *out, *lse, *dq, *dk, *dv;              // outputs (forward: out, lse; backward: dq, dk, dv)
     int B, T, H, KV, D;
     float scale;
-    _Atomic int next;  // the next unit to take
 } Job;
 
 // Per-thread scratch: transposed keys and values of one kv head and their gradients, rows of
-// STRIDE(T) (the stride P below), and one row of scores.
+// STRIDE(T) (the stride P below), and rows of scores.
 typedef struct {
     float *kT, *vT, *dkT, *dvT;  // [D][P]
-    float *s;                    // [P]
+    float *s, *ds;               // [R][P]: rows of scores or probabilities, and of dS
 } Scratch;
 
 // m[d * P + t] = x[t * stride + d] for t < T, d < D: one head's [T, D] slice, transposed (the
@@ -172,66 +167,180 @@ static inline __attribute__((always_inline)) void backward_row(const Job *J, Scr
     for (int d = 0; d < D; d++) J->dq[row * D + d] = sum16(acc[d]) * J->scale;
 }
 
-// One row, forward or backward, with D a compile-time constant for the common head widths (the
-// compiler then unrolls the loops over d and keeps the D sums in registers).
-static void row_pass(const Job *J, Scratch *S, int b, int h, int i, int backward) {
+// ----------------------------------------------------------------------------------------------
+// Wide heads (D a multiple of 16: 16, 32, 48, 64, ...). Above, every row makes D passes of one
+// multiply-add per load, and the D vector sums do not fit in registers; that lost to PyTorch's
+// kernel from D = 32 on. Here R = 4 query rows go together: their scores and dP (along j, from kT
+// and vT) take each loaded vector of keys into four sums, and the products with keys and values
+// (o, dq, dk, dv) run along d instead, on k, v, dk and dv in their own [T][D] layout, with each
+// key's row loaded once for the four query rows. A group at the end of T has nr < R real rows:
+// the others repeat a real row in the forward (never stored) and are masked to zero in the
+// backward (so they add nothing to dk and dv).
+#define R 4
+
+// The nr rows of query head h of unit (b, .) from i0, forward.
+static inline __attribute__((always_inline)) void forward_rows(const Job *J, Scratch *S, int b, int h, int i0,
+                                                               int nr, const int D) {
+    const int NV = D / 16, P = STRIDE(J->T), jmax = i0 + nr - 1;
+    size_t kv_stride = (size_t)J->KV * D;
+    const float *vb = J->v + (size_t)b * J->T * kv_stride + (size_t)(h / (J->H / J->KV)) * D;
+    int last[R];
+    float qs[R][D], m[R], sum[R];
+    f16v mv[R], acc[R][NV];
+    for (int r = 0; r < R; r++) {
+        last[r] = i0 + (r < nr ? r : 0);
+        const float *q = J->q + (((size_t)b * J->T + last[r]) * J->H + h) * D;
+        for (int d = 0; d < D; d++) qs[r][d] = q[d] * J->scale;
+        mv[r] = (f16v){0} - INFINITY;
+    }
+    for (int jb = 0; jb <= jmax; jb += 16) {  // scores, masked, into S->s; each row's max
+        f16v s[R] = {{0}};
+        for (int d = 0; d < D; d++) {
+            f16v kd = load16(S->kT + (size_t)d * P + jb);
+            for (int r = 0; r < R; r++) s[r] += qs[r][d] * kd;
+        }
+        for (int r = 0; r < R; r++) {
+            s[r] = select16(causal(jb, last[r]), s[r], (f16v){0} - INFINITY);
+            store16(S->s + (size_t)r * P + jb, s[r]);
+            mv[r] = select16(mv[r] >= s[r], mv[r], s[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) {  // probabilities (not yet divided by their sum), in place
+        f16v l = {0};
+        m[r] = max16(mv[r]);
+        for (int jb = 0; jb <= jmax; jb += 16) {
+            f16v p = exp16(load16(S->s + (size_t)r * P + jb) - m[r]);
+            store16(S->s + (size_t)r * P + jb, p);
+            l += p;
+        }
+        sum[r] = sum16(l);
+        for (int c = 0; c < NV; c++) acc[r][c] = (f16v){0};
+    }
+    for (int j = 0; j <= jmax; j++)  // o = p v, along d
+        for (int c = 0; c < NV; c++) {
+            f16v vj = load16(vb + j * kv_stride + 16 * c);
+            for (int r = 0; r < R; r++) acc[r][c] += S->s[(size_t)r * P + j] * vj;
+        }
+    for (int r = 0; r < nr; r++) {
+        size_t row = ((size_t)b * J->T + last[r]) * J->H + h;
+        for (int c = 0; c < NV; c++) store16(J->out + row * D + 16 * c, acc[r][c] / sum[r]);
+        J->lse[((size_t)b * J->H + h) * J->T + last[r]] = m[r] + logf(sum[r]);
+    }
+}
+
+// The nr rows of query head h from i0, backward: P and dS along j into S->s and S->ds, then dq
+// (summed in registers), dk and dv (added to J->dk and J->dv, which this unit owns) along d.
+static inline __attribute__((always_inline)) void backward_rows(const Job *J, Scratch *S, int b, int h, int i0,
+                                                                int nr, const int D) {
+    const int NV = D / 16, P = STRIDE(J->T), jmax = i0 + nr - 1;
+    size_t kv_stride = (size_t)J->KV * D, kv_at = (size_t)b * J->T * kv_stride + (size_t)(h / (J->H / J->KV)) * D;
+    int last[R];
+    float qs[R][D], go[R][D], lse[R], delta[R];
+    f16v acc[R][NV];
+    for (int r = 0; r < R; r++) {
+        size_t row = ((size_t)b * J->T + i0 + (r < nr ? r : 0)) * J->H + h;
+        last[r] = r < nr ? i0 + r : -1;  // -1: a masked row
+        lse[r] = r < nr ? J->lse_in[((size_t)b * J->H + h) * J->T + i0 + r] : 0.0f;
+        delta[r] = 0.0f;
+        for (int d = 0; d < D; d++) {
+            qs[r][d] = J->q[row * D + d] * J->scale, go[r][d] = J->dout[row * D + d];
+            delta[r] += go[r][d] * J->o[row * D + d];
+        }
+        for (int c = 0; c < NV; c++) acc[r][c] = (f16v){0};
+    }
+    for (int jb = 0; jb <= jmax; jb += 16) {  // P and dS along j
+        f16v s[R] = {{0}}, dp[R] = {{0}};
+        for (int d = 0; d < D; d++) {
+            f16v kd = load16(S->kT + (size_t)d * P + jb), vd = load16(S->vT + (size_t)d * P + jb);
+            for (int r = 0; r < R; r++) s[r] += qs[r][d] * kd, dp[r] += go[r][d] * vd;
+        }
+        for (int r = 0; r < R; r++) {
+            f16v p = select16(causal(jb, last[r]), exp16(s[r] - lse[r]), (f16v){0});
+            store16(S->s + (size_t)r * P + jb, p);
+            store16(S->ds + (size_t)r * P + jb, p * (dp[r] - delta[r]));
+        }
+    }
+    for (int j = 0; j <= jmax; j++) {  // dq += dS k, dk += dS^T q, dv += P^T dO, along d
+        const float *kj = J->k + kv_at + j * kv_stride;
+        float *dkj = J->dk + kv_at + j * kv_stride, *dvj = J->dv + kv_at + j * kv_stride;
+        for (int c = 0; c < NV; c++) {
+            f16v kv = load16(kj + 16 * c), gk = load16(dkj + 16 * c), gv = load16(dvj + 16 * c);
+            for (int r = 0; r < R; r++) {
+                float ds = S->ds[(size_t)r * P + j], p = S->s[(size_t)r * P + j];
+                acc[r][c] += ds * kv;
+                gk += ds * load16(qs[r] + 16 * c);
+                gv += p * load16(go[r] + 16 * c);
+            }
+            store16(dkj + 16 * c, gk), store16(dvj + 16 * c, gv);
+        }
+    }
+    for (int r = 0; r < nr; r++) {
+        size_t row = ((size_t)b * J->T + i0 + r) * J->H + h;
+        for (int c = 0; c < NV; c++) store16(J->dq + row * D + 16 * c, acc[r][c] * J->scale);
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// dispatch: D a compile-time constant for the common head widths (the compiler then unrolls the
+// loops over d and keeps the sums in registers)
+
+static void narrow_pass(const Job *J, Scratch *S, int b, int h, int i, int backward) {
 #define CASE(W) \
     case W: backward ? backward_row(J, S, b, h, i, W) : forward_row(J, S, b, h, i, W); return;
     switch (J->D) {
-        CASE(8) CASE(16) CASE(32) CASE(48) CASE(64)
+        CASE(4) CASE(8) CASE(12)
     default: backward ? backward_row(J, S, b, h, i, J->D) : forward_row(J, S, b, h, i, J->D);
+    }
+#undef CASE
+}
+
+static void wide_pass(const Job *J, Scratch *S, int b, int h, int i0, int nr, int backward) {
+#define CASE(W) \
+    case W: backward ? backward_rows(J, S, b, h, i0, nr, W) : forward_rows(J, S, b, h, i0, nr, W); return;
+    switch (J->D) {
+        CASE(16) CASE(32) CASE(48) CASE(64) CASE(128)
+    default: backward ? backward_rows(J, S, b, h, i0, nr, J->D) : forward_rows(J, S, b, h, i0, nr, J->D);
     }
 #undef CASE
 }
 
 // Unit u = (b, g): transpose kv head g of row b, then every row of its query heads.
 static void run_unit(Job *J, Scratch *S, int u, int backward) {
-    int T = J->T, D = J->D, b = u / J->KV, g = u % J->KV, rep = J->H / J->KV;
+    int T = J->T, D = J->D, b = u / J->KV, g = u % J->KV, rep = J->H / J->KV, wide = D % 16 == 0;
     size_t kv_stride = (size_t)J->KV * D, at = (size_t)b * T * kv_stride + (size_t)g * D;
     transpose_in(S->kT, J->k + at, T, D, kv_stride);
     transpose_in(S->vT, J->v + at, T, D, kv_stride);
-    if (backward) memset(S->dkT, 0, sizeof(float) * STRIDE(T) * D), memset(S->dvT, 0, sizeof(float) * STRIDE(T) * D);
+    if (backward && wide)
+        for (int t = 0; t < T; t++)
+            memset(J->dk + at + t * kv_stride, 0, sizeof(float) * D), memset(J->dv + at + t * kv_stride, 0, sizeof(float) * D);
+    if (backward && !wide) memset(S->dkT, 0, sizeof(float) * STRIDE(T) * D), memset(S->dvT, 0, sizeof(float) * STRIDE(T) * D);
     for (int h = g * rep; h < (g + 1) * rep; h++)
-        for (int i = 0; i < T; i++) row_pass(J, S, b, h, i, backward);
-    if (backward) transpose_out(J->dk + at, S->dkT, T, D, kv_stride), transpose_out(J->dv + at, S->dvT, T, D, kv_stride);
+        if (wide)
+            for (int i0 = 0; i0 < T; i0 += R) wide_pass(J, S, b, h, i0, T - i0 < R ? T - i0 : R, backward);
+        else
+            for (int i = 0; i < T; i++) narrow_pass(J, S, b, h, i, backward);
+    if (backward && !wide)
+        transpose_out(J->dk + at, S->dkT, T, D, kv_stride), transpose_out(J->dv + at, S->dvT, T, D, kv_stride);
 }
 
-typedef struct {
-    Job *job;
-    int backward, failed;
-} Worker;
-
-// A thread: take units until none is left.
-static void *worker(void *arg) {
-    Worker *w = arg;
-    Job *J = w->job;
-    size_t P = STRIDE(J->T), PD = P * J->D;
-    float *mem = malloc(sizeof(float) * (4 * PD + P));
-    if (!mem) {
-        w->failed = 1;
-        return NULL;
-    }
-    Scratch S = {mem, mem + PD, mem + 2 * PD, mem + 3 * PD, mem + 4 * PD};
-    for (int u; (u = atomic_fetch_add(&J->next, 1)) < J->B * J->KV;) run_unit(J, &S, u, w->backward);
-    free(mem);
-    return NULL;
-}
-
-// Run the job's units on `threads` threads (the caller is one of them). Returns 0, or -1 when
-// scratch memory could not be had (some units then never ran).
+// Run the job's units on `threads` OpenMP threads. In a process with PyTorch this is PyTorch's own
+// OpenMP runtime (one libgomp.so.1 per process), so its waiting threads pick the units up at
+// once; a pool of our own would compete with them for the cores. Without OpenMP: one thread.
+// Returns 0, or -1 when a thread could not get its scratch memory (its units never ran).
 static int run_job(Job *J, int threads, int backward) {
-    threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
-    threads = threads < J->B * J->KV ? threads : J->B * J->KV;
-    Worker w[MAX_THREADS];
-    pthread_t tid[MAX_THREADS];
-    int started = 0, failed = 0;
-    for (int t = 0; t < threads; t++) w[t] = (Worker){J, backward, 0};
-    for (int t = 1; t < threads; t++)
-        if (pthread_create(&tid[t], NULL, worker, &w[t]) == 0) started = t;
-        else break;
-    worker(&w[0]);
-    for (int t = 1; t <= started; t++) pthread_join(tid[t], NULL);
-    for (int t = 0; t < threads; t++) failed |= w[t].failed;
+    int units = J->B * J->KV, failed = 0;
+    size_t P = STRIDE(J->T), PD = P * J->D;
+    (void)threads;
+    #pragma omp parallel num_threads(threads < 1 ? 1 : threads) reduction(|:failed)
+    {
+        float *mem = malloc(sizeof(float) * (4 * PD + 2 * R * P));
+        Scratch S = {mem, mem + PD, mem + 2 * PD, mem + 3 * PD, mem + 4 * PD, mem + 4 * PD + R * P};
+        #pragma omp for schedule(dynamic)
+        for (int u = 0; u < units; u++)
+            if (mem) run_unit(J, &S, u, backward);
+            else failed = 1;
+        free(mem);
+    }
     return failed ? -1 : 0;
 }
 
@@ -247,7 +356,6 @@ int bl_attention_forward(const float *q, const float *k, const float *v, float *
                          int B, int T, int H, int KV, int D, float scale, int threads) {
     if (bad_shape(B, T, H, KV, D)) return -1;
     Job J = {.q = q, .k = k, .v = v, .out = out, .lse = lse, .B = B, .T = T, .H = H, .KV = KV, .D = D, .scale = scale};
-    atomic_init(&J.next, 0);
     return run_job(&J, threads, 0);
 }
 
@@ -258,6 +366,5 @@ int bl_attention_backward(const float *dout, const float *q, const float *k, con
     if (bad_shape(B, T, H, KV, D)) return -1;
     Job J = {.q = q, .k = k, .v = v, .o = out, .dout = dout, .lse_in = lse, .dq = dq, .dk = dk, .dv = dv,
              .B = B, .T = T, .H = H, .KV = KV, .D = D, .scale = scale};
-    atomic_init(&J.next, 0);
     return run_job(&J, threads, 1);
 }

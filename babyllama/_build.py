@@ -103,8 +103,9 @@ ffibuilder.set_source(
     libraries=["m"],
 )
 
-# attention.c (the training kernel behind attention.py) as babyllama._attention: plain C, no OpenMP
-# runtime (its threads are its own); fused multiply-adds allowed (nothing here must match ./run bit for bit).
+# attention.c (the training kernel behind attention.py) as babyllama._attention: the same flags, with
+# fused multiply-adds allowed (nothing here must match ./run bit for bit). With -fopenmp it shares
+# PyTorch's OpenMP runtime (see attention.c's run_job).
 ATTENTION_API = """
 int bl_attention_forward(const float *q, const float *k, const float *v, float *out, float *lse,
                          int B, int T, int H, int KV, int D, float scale, int threads);
@@ -119,8 +120,8 @@ attention_builder.set_source(
     '#include "attention.c"\n',
     include_dirs=[str(ROOT)],
     depends=[str(ROOT / "attention.c")],
-    extra_compile_args=[f for f in _cflags if f != "-fopenmp"] + ["-fopenmp-simd", "-ffp-contract=fast"],
-    extra_link_args=[f for f in _ldflags if f != "-fopenmp"],
+    extra_compile_args=_cflags + ["-ffp-contract=fast"],
+    extra_link_args=_ldflags,
     libraries=["m"],
 )
 
