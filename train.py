@@ -14,7 +14,8 @@ shapes and a tuned CPU model), then `--config FILE`, then the command line. `--h
 
 What it does: device auto-detection (CUDA, MPS, CPU), bf16 autocast (fp16 + GradScaler on GPUs
 without bf16; bf16 on CPUs that support it), fused AdamW, optional torch.compile (falls back with a
-warning), gradient accumulation (spread across DDP ranks), periodic validation loss and bits per byte,
+warning), on the CPU our attention kernel for narrow heads (attention.py) and glibc told to keep
+freed memory (keep_freed_memory), gradient accumulation (spread across DDP ranks), periodic validation loss and bits per byte,
 atomic checkpoints that resume bit-exactly, a log line with tokens/s, MFU and ETA, `metrics.jsonl`
 and `loss.png` in out_dir, and a time budget `--max_minutes`.
 
@@ -101,7 +102,8 @@ compile = False  # torch.compile the model (falls back with a warning)
 threads = 0  # CPU threads for torch (0: its default)
 num_workers = 0  # data-loader worker processes
 adamw = "auto"  # auto (fused where available) | fused | foreach | loop
-attention = "auto"  # auto (babyllama on the CPU when compiled, else sdpa) | sdpa | babyllama (attention.py)
+attention = "auto"  # auto (babyllama on the CPU for heads up to 48 wide, else sdpa) | sdpa | babyllama (attention.py)
+keep_memory = True  # CPU, glibc: freed memory stays with the process, so big tensors reuse mapped pages
 seed = 1337
 peak_tflops = 0.0  # peak for MFU (0: guess; A100 bf16 312 on CUDA, from the cores on CPU)
 preset = ""  # 260K | 15M | 42M | 110M | cpu
@@ -384,19 +386,35 @@ def try_compile(model, X, Y, ctx):
         torch.set_rng_state(rng)
 
 
-def attention_kernel(cfg, device_type):
-    """--attention resolved: babyllama's kernel (attention.py) on the CPU where it is compiled, else
-    PyTorch's scaled_dot_product_attention."""
+def attention_kernel(cfg, device_type, head_size):
+    """--attention resolved. auto: babyllama's kernel (attention.py) on the CPU for heads up to 48 wide,
+    where it measured faster than PyTorch's (bench/README.md: 2.9x at 8, 1.6x at 48, but 0.7-1.2x at
+    64), if it is compiled; else PyTorch's scaled_dot_product_attention."""
     import attention
     want = cfg["attention"]
     if want == "auto":
-        return "babyllama" if device_type == "cpu" and attention.available() else "sdpa"
+        return "babyllama" if device_type == "cpu" and head_size <= 48 and attention.available() else "sdpa"
     if want == "babyllama" and device_type != "cpu":
         raise ConfigError(f"--attention babyllama runs on the CPU only (device: {device_type})")
     if want == "babyllama" and not attention.available():
         raise ConfigError("--attention babyllama: babyllama._attention is not compiled "
                           "(pip install -e . or make build/.bindings)")
     return want
+
+
+def keep_freed_memory():
+    """glibc only: serve every allocation from the heap instead of a fresh mmap, and never hand freed
+    memory back to the OS. Otherwise every tensor over 32 MB (logits, their gradients, the embedding's
+    gradient) is mapped anew each iteration and each of its pages faults on first touch: 18% of a
+    15M iteration on 2 cores (bench/README.md). The price: the process keeps its peak memory, which is
+    what a caching allocator does anyway. Returns whether it applied."""
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def make_optimizer(model, cfg, device_type):
@@ -620,6 +638,8 @@ def train(cfg):
     meta, vocab, val_bytes_per_token, mode = read_meta(cfg["data_dir"], cfg["vocab_size"], cfg["data_mode"])
     dev = pick_device(cfg["device"], local_rank, ddp)
     device_type = "cuda" if dev.startswith("cuda") else dev
+    if device_type == "cpu" and cfg["keep_memory"]:
+        keep_freed_memory()
     amp = pick_dtype(cfg["dtype"], device_type)
     ckpt = None
     if cfg["init_from"] == "resume":
@@ -685,7 +705,7 @@ def train(cfg):
     if ckpt is not None:
         raw_model.load_state_dict(ckpt["model"])
     raw_model.to(dev)
-    kernel = raw_model.use_kernel(attention_kernel(cfg, device_type))
+    kernel = raw_model.use_kernel(attention_kernel(cfg, device_type, margs.dim // margs.n_heads))
     optimizer = make_optimizer(raw_model, cfg, device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=(amp == "float16"))
     if cfg["init_from"] == "resume":

@@ -1,7 +1,9 @@
 """
 bench/train_speed.py: train.py's training speed (tokens/s) on this CPU, plain eager fp32 versus the
-speed settings train.py offers (bf16 autocast, which runs on AMX where the CPU has it; torch.compile;
-the AdamW implementation; threads), measured side by side in one run and printed as a table.
+speed settings train.py offers (bf16 autocast, which runs on AVX512-BF16 or AMX where the CPU has it;
+torch.compile; the AdamW implementation; glibc keeping freed memory; our attention kernel; threads),
+measured side by side in one run and printed as a table. Each row adds to the one before it, up to
+"+ keep memory, our attention", which is what train.py does by default on a CPU with --compile.
 
     python bench/train_speed.py                      # the 260K and 15M shapes (llama2.c's)
     python bench/train_speed.py --shapes cpu --iters 20
@@ -33,20 +35,19 @@ SHAPES = {
     "cpu": (["--preset", "cpu", "--max_minutes", "0"], 32),
 }
 # name -> train.py args. The baseline is what plain PyTorch does by default on a CPU: fp32, eager,
-# AdamW's for-loop implementation, all cores.
+# AdamW's for-loop implementation, scaled_dot_product_attention, glibc's malloc as it comes, all cores.
+PLAIN = ["--attention", "sdpa", "--keep_memory", "false"]
 VARIANTS = {
-    "eager fp32 (baseline)": ["--dtype", "float32", "--adamw", "loop", "--attention", "sdpa"],
-    "eager fp32, fused AdamW": ["--dtype", "float32", "--adamw", "fused", "--attention", "sdpa"],
-    "eager bf16 autocast, fused AdamW": ["--dtype", "bfloat16", "--adamw", "fused", "--attention", "sdpa"],
-    "compiled bf16, fused AdamW": ["--dtype", "bfloat16", "--adamw", "fused", "--compile", "--attention", "sdpa"],
-    "eager fp32, fused, our attention": ["--dtype", "float32", "--adamw", "fused", "--attention", "babyllama"],
-    "eager bf16, fused, our attention": ["--dtype", "bfloat16", "--adamw", "fused", "--attention", "babyllama"],
-    "compiled fp32, fused, our attention": ["--dtype", "float32", "--adamw", "fused", "--compile",
-                                            "--attention", "babyllama"],
-    "compiled bf16, fused, our attention": ["--dtype", "bfloat16", "--adamw", "fused", "--compile",
-                                            "--attention", "babyllama"],
-    "compiled bf16, fused, our attention, 1 thread": ["--dtype", "bfloat16", "--adamw", "fused", "--compile",
-                                                      "--attention", "babyllama", "--threads", "1"],
+    "eager fp32 (baseline)": ["--dtype", "float32", "--adamw", "loop", *PLAIN],
+    "eager fp32, fused AdamW": ["--dtype", "float32", "--adamw", "fused", *PLAIN],
+    "eager bf16 autocast, fused AdamW": ["--dtype", "bfloat16", "--adamw", "fused", *PLAIN],
+    "compiled bf16, fused AdamW": ["--dtype", "bfloat16", "--adamw", "fused", "--compile", *PLAIN],
+    "+ keep memory": ["--dtype", "bfloat16", "--adamw", "fused", "--compile", "--attention", "sdpa"],
+    "+ keep memory, our attention": ["--dtype", "bfloat16", "--adamw", "fused", "--compile",
+                                     "--attention", "babyllama"],
+    "eager fp32, keep memory, our attention": ["--dtype", "float32", "--adamw", "fused", "--attention", "babyllama"],
+    "best, 1 thread": ["--dtype", "bfloat16", "--adamw", "fused", "--compile", "--attention", "babyllama",
+                       "--threads", "1"],
 }
 
 
