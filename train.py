@@ -102,7 +102,7 @@ compile = False  # torch.compile the model (falls back with a warning)
 threads = 0  # CPU threads for torch (0: its default)
 num_workers = 0  # data-loader worker processes
 adamw = "auto"  # auto (fused where available) | fused | foreach | loop
-attention = "auto"  # auto (babyllama on the CPU for heads up to 48 wide, else sdpa) | sdpa | babyllama (attention.py)
+attention = "auto"  # auto (babyllama on the CPU for short, narrow heads, else sdpa) | sdpa | babyllama
 keep_memory = True  # CPU, glibc: freed memory stays with the process, so big tensors reuse mapped pages
 seed = 1337
 peak_tflops = 0.0  # peak for MFU (0: guess; A100 bf16 312 on CUDA, from the cores on CPU)
@@ -119,7 +119,7 @@ PRESETS = {
     "42M": dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=8, vocab_size=32000, max_seq_len=1024),
     "110M": dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, vocab_size=32000, max_seq_len=1024),
     # 10 minutes on 2 CPU cores on the shared TinyStories text, tuned by measurement (models/README.md):
-    # bf16 autocast (AMX) + torch.compile for speed, a high peak lr that a time-based cosine brings down
+    # bf16 autocast + torch.compile + our attention for speed; a high peak lr that a time-based cosine brings down
     "cpu": dict(out_dir="out/cpu", vocab_size=0, dim=160, n_layers=4, n_heads=5, n_kv_heads=5,
                 multiple_of=32, max_seq_len=256, batch_size=16, gradient_accumulation_steps=1,
                 learning_rate=2e-3, warmup_iters=50, min_lr=1e-4, max_iters=100000,
@@ -386,14 +386,16 @@ def try_compile(model, X, Y, ctx):
         torch.set_rng_state(rng)
 
 
-def attention_kernel(cfg, device_type, head_size):
-    """--attention resolved. auto: babyllama's kernel (attention.py) on the CPU for heads up to 48 wide,
-    where it measured faster than PyTorch's (bench/README.md: 2.9x at 8, 1.6x at 48, but 0.7-1.2x at
-    64), if it is compiled; else PyTorch's scaled_dot_product_attention."""
+def attention_kernel(cfg, device_type, head_size, seq_len):
+    """--attention resolved. auto: babyllama's kernel (attention.py) on the CPU where one head's keys,
+    values and their gradients fit in L2 (head_size x seq_len <= 16384: 260K, 15M, our cpu preset)
+    and it is compiled; there it measured 1.6-3.3x PyTorch's per layer, beyond it (42M: 64 x 1024)
+    0.65x (bench/attention_speed.py). Else PyTorch's scaled_dot_product_attention."""
     import attention
     want = cfg["attention"]
     if want == "auto":
-        return "babyllama" if device_type == "cpu" and head_size <= 48 and attention.available() else "sdpa"
+        fits = head_size * seq_len <= 16384
+        return "babyllama" if device_type == "cpu" and fits and attention.available() else "sdpa"
     if want == "babyllama" and device_type != "cpu":
         raise ConfigError(f"--attention babyllama runs on the CPU only (device: {device_type})")
     if want == "babyllama" and not attention.available():
@@ -705,7 +707,7 @@ def train(cfg):
     if ckpt is not None:
         raw_model.load_state_dict(ckpt["model"])
     raw_model.to(dev)
-    kernel = raw_model.use_kernel(attention_kernel(cfg, device_type, margs.dim // margs.n_heads))
+    kernel = raw_model.use_kernel(attention_kernel(cfg, device_type, margs.dim // margs.n_heads, T))
     optimizer = make_optimizer(raw_model, cfg, device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=(amp == "float16"))
     if cfg["init_from"] == "resume":
