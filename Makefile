@@ -87,12 +87,25 @@ build/%_tsan: tests/c/%.c run.c run_simd.h babyllama.h
 	@mkdir -p build
 	$(CC) $(WARN) -g -O1 $(TSAN) $(SIMD) -DPARALLEL_MIN_WORK=1 -I. -o $@ $< -lm $(PTHREAD)
 
+# attention.c (the training kernel attention.py binds) against its double-precision reference,
+# under the sanitizers and optimized as the bindings build it
+build/test_attention_debug: tests/c/test_attention.c attention.c
+	@mkdir -p build
+	$(CC) $(WARN) $(SANITIZE) $(OPENMP) -o $@ $< -lm $(PTHREAD)
+
+build/test_attention: tests/c/test_attention.c attention.c
+	@mkdir -p build
+	$(CC) $(WARN) $(CFLAGS) -ffp-contract=fast $(OPENMP) -o $@ $< -lm $(PTHREAD)
+
 # the C unit tests, under the sanitizers (leaks and data races included), then optimized with
 # the fast kernels and with the reference kernels (two threads: the threaded paths too)
-test-c: build/test_api_debug $(if $(TSAN),build/test_api_tsan) build/test_api build/test_api_ref
+test-c: build/test_api_debug $(if $(TSAN),build/test_api_tsan) build/test_api build/test_api_ref \
+        build/test_attention_debug build/test_attention
 	OMP_NUM_THREADS=3 ./build/test_api_debug
 	OMP_NUM_THREADS=2 ./build/test_api
 	OMP_NUM_THREADS=2 ./build/test_api_ref
+	OMP_NUM_THREADS=2 ./build/test_attention_debug
+	OMP_NUM_THREADS=2 ./build/test_attention
 	$(if $(TSAN),OMP_NUM_THREADS=3 ./build/test_api_tsan,@echo "test-c: no ThreadSanitizer runtime here: data-race run skipped")
 	$(if $(ASAN),,@echo "test-c: no AddressSanitizer runtime here: ran without sanitizers")
 
