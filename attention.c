@@ -5,12 +5,15 @@
  *
  * Why it exists: PyTorch's CPU flash-attention kernel is built from small matrix products, which
  * suit wide heads; llama2.c's 260K shape has heads 8 wide over 512 positions, where that kernel
- * took 81% of a training step. Here every loop runs along the key positions j, with the keys and
- * values of one head transposed to [D][T] first, so each loop is a unit-stride pass over up to T
- * floats that the compiler vectorizes (`omp simd`), whatever the head width D. The softmax uses
- * exp16 below (about 1 ulp), not libm's expf, which does not vectorize.
+ * took 81% of a training step. Here the scores run along the key positions j, 16 at a time, with
+ * the keys and values of one head transposed to [D][T] first, so the vector width is used
+ * whatever the head width D (narrow heads do everything that way); wide heads (D a multiple of
+ * 16) take four query rows at a time and run the products with values and the gradients along d
+ * (see "Wide heads"). The softmax uses exp16 below (about 1 ulp), not libm's expf, which does not
+ * vectorize. bench/attention_speed.py measures it against PyTorch's kernel.
  *
- * Algorithm (FlashAttention's, with whole rows: T <= a few thousand fits in L1/L2): the forward
+ * Algorithm (FlashAttention's, with whole rows of keys: fast while one head's keys, values and their
+ * gradients stay in L2, T x D up to about 16384, where train.py's --attention auto uses it): the forward
  * keeps only O and the log-sum-exp of each row; the backward recomputes the probabilities from
  * them. Grouped-query attention: query head h reads kv head h / (H / KV), as model.py does.
  *

@@ -122,7 +122,7 @@ PRESETS = {
     # bf16 autocast + torch.compile + our attention for speed; a high peak lr that a time-based cosine brings down
     "cpu": dict(out_dir="out/cpu", vocab_size=0, dim=160, n_layers=4, n_heads=5, n_kv_heads=5,
                 multiple_of=32, max_seq_len=256, batch_size=16, gradient_accumulation_steps=1,
-                learning_rate=2e-3, warmup_iters=50, min_lr=1e-4, max_iters=100000,
+                learning_rate=2e-3, weight_decay=0.6, warmup_iters=50, min_lr=1e-4, max_iters=100000,
                 max_minutes=10.0, eval_interval=250, eval_iters=16, log_interval=25,
                 dtype="bfloat16", compile=True),
     # seed 002's instruction fine-tuning: start from --init_from, constant AdamW 5e-5, weight decay
