@@ -3,9 +3,9 @@ model.py: the Llama 2 Transformer in one readable file (in the style of llama2.c
 
 What it does: RMSNorm, rotary position embeddings, grouped-query attention (n_kv_heads <= n_heads)
 through PyTorch's scaled_dot_product_attention (or, for training on a CPU, attention.py's kernel:
-Transformer.use_kernel), a SwiGLU feed-forward with llama2.c's `multiple_of`
-rule, token embeddings tied to the output classifier by default, dropout, and `generate()` with a real
-KV cache (the prompt is run once, then one token per step) and temperature / top-k / top-p sampling.
+Transformer.use_kernel), a SwiGLU feed-forward with llama2.c's `multiple_of` rule, token
+embeddings tied to the output classifier by default, dropout, and `generate()` with a real KV cache
+(the prompt is run once, then one token per step) and temperature / top-k / top-p sampling.
 Also: parameter count, a FLOPs-per-token estimate and MFU, and AdamW parameter groups.
 
 Parameter names and the rotary convention are llama2.c's, so a model loaded from one of its `.bin`

@@ -15,9 +15,9 @@ shapes and a tuned CPU model), then `--config FILE`, then the command line. `--h
 What it does: device auto-detection (CUDA, MPS, CPU), bf16 autocast (fp16 + GradScaler on GPUs
 without bf16; bf16 on CPUs that support it), fused AdamW, optional torch.compile (falls back with a
 warning), on the CPU our attention kernel for narrow heads (attention.py) and glibc told to keep
-freed memory (keep_freed_memory), gradient accumulation (spread across DDP ranks), periodic validation loss and bits per byte,
-atomic checkpoints that resume bit-exactly, a log line with tokens/s, MFU and ETA, `metrics.jsonl`
-and `loss.png` in out_dir, and a time budget `--max_minutes`.
+freed memory (keep_freed_memory), gradient accumulation (spread across DDP ranks), periodic
+validation loss and bits per byte, atomic checkpoints that resume bit-exactly, a log line with
+tokens/s, MFU and ETA, `metrics.jsonl` and `loss.png` in out_dir, and a time budget `--max_minutes`.
 
 Time budget: with --max_minutes the run stops when the budget (minus the time the last evaluation
 took, so that the final evaluation fits) is used up, and the cosine schedule is time-based: its
@@ -119,7 +119,8 @@ PRESETS = {
     "42M": dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=8, vocab_size=32000, max_seq_len=1024),
     "110M": dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, vocab_size=32000, max_seq_len=1024),
     # 10 minutes on 2 CPU cores on the shared TinyStories text, tuned by measurement (models/README.md):
-    # bf16 autocast + torch.compile + our attention for speed; a high peak lr that a time-based cosine brings down
+    # bf16 autocast + torch.compile + our attention for speed, a high peak lr that a time-based
+    # cosine brings down, strong weight decay against overfitting (the text is seen ~12 times)
     "cpu": dict(out_dir="out/cpu", vocab_size=0, dim=160, n_layers=4, n_heads=5, n_kv_heads=5,
                 multiple_of=32, max_seq_len=256, batch_size=16, gradient_accumulation_steps=1,
                 learning_rate=2e-3, weight_decay=0.6, warmup_iters=50, min_lr=1e-4, max_iters=100000,
@@ -751,7 +752,8 @@ def train(cfg):
               f"{margs.n_heads} heads ({margs.n_kv_heads} kv), hidden {margs.hidden_dim}, vocab {vocab}, "
               f"seq {T}", flush=True)
         print(f"training: {dev}, autocast {amp}, {world_size} process(es), {tokens_per_iter:,} tokens/iter "
-              f"= {accum} x {world_size} x {B} x {T}, {torch.get_num_threads()} threads, attention {kernel}"
+              f"= {accum} x {world_size} x {B} x {T}, {torch.get_num_threads()} threads, "
+              f"attention {kernel}"
               f"{', compiled' if model is not raw_model and cfg['compile'] else ''}", flush=True)
         log_metrics(metrics_path, event="start", iter=iter_num, n_params=n_params, config=cfg,
                     model_args=asdict(margs), device=dev, autocast=amp, world_size=world_size)
