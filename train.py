@@ -391,17 +391,15 @@ def attention_kernel(cfg, device_type, head_size, seq_len):
     """--attention resolved. auto: babyllama's kernel (attention.py) on the CPU where one head's keys,
     values and their gradients fit in L2 (head_size x seq_len <= 16384: 260K, 15M, our cpu preset)
     and it is compiled; there it measured 1.6-3.3x PyTorch's per layer, beyond it (42M: 64 x 1024)
-    0.65x (bench/attention_speed.py). Else PyTorch's scaled_dot_product_attention."""
-    import attention
+    0.65x (bench/attention_speed.py). Else PyTorch's scaled_dot_product_attention. (Asked for where
+    it is not compiled, Transformer.use_kernel refuses it.)"""
+    import attention  # here: at module level the name would clash with the setting `attention`
     want = cfg["attention"]
     if want == "auto":
         fits = head_size * seq_len <= 16384
         return "babyllama" if device_type == "cpu" and fits and attention.available() else "sdpa"
     if want == "babyllama" and device_type != "cpu":
         raise ConfigError(f"--attention babyllama runs on the CPU only (device: {device_type})")
-    if want == "babyllama" and not attention.available():
-        raise ConfigError("--attention babyllama: babyllama._attention is not compiled "
-                          "(pip install -e . or make build/.bindings)")
     return want
 
 
@@ -708,7 +706,10 @@ def train(cfg):
     if ckpt is not None:
         raw_model.load_state_dict(ckpt["model"])
     raw_model.to(dev)
-    kernel = raw_model.use_kernel(attention_kernel(cfg, device_type, margs.dim // margs.n_heads, T))
+    try:
+        kernel = raw_model.use_kernel(attention_kernel(cfg, device_type, margs.dim // margs.n_heads, T))
+    except ValueError as e:
+        raise ConfigError(f"--attention: {e}") from None
     optimizer = make_optimizer(raw_model, cfg, device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=(amp == "float16"))
     if cfg["init_from"] == "resume":
