@@ -84,6 +84,7 @@ typedef struct {
     uint64_t stride;  // bytes from one layer's matrix to the next
     int rows, cols;   // shape [rows, cols] per layer: y = W x maps cols values to rows values
     int gs;           // 0: fp32 rows; > 0: int8 values then one fp32 scale per gs values (Q8_0)
+    const char *panels;  // NULL, or layer 0 of run_simd.h's repacked int8 copy (same stride)
 } Tensor;
 
 typedef struct {
@@ -106,7 +107,7 @@ typedef struct {
 static Tensor take(Cursor *c, int layers, int rows, int cols, int gs) {
     uint64_t n = (uint64_t)rows * (uint64_t)cols;  // < 2^48: both fields are <= MAX_FIELD
     uint64_t per = gs ? n + n / (uint64_t)gs * 4 : n * 4;
-    Tensor t = {c->base ? c->base + c->off : NULL, per, rows, cols, gs};
+    Tensor t = {c->base ? c->base + c->off : NULL, per, rows, cols, gs, NULL};
     uint64_t all;
     if (mul_overflows(per, (uint64_t)layers, &all) || c->off + all < c->off) c->overflow = 1;
     else c->off += all;
@@ -216,10 +217,12 @@ struct bl_model {
     void *map;          // the memory-mapped checkpoint
     size_t map_size;
     Tokenizer *tok;     // NULL when opened without a tokenizer
+    char *packed;       // NULL, or the int8 matrices repacked for the fast kernel (pack_weights)
 };
 
 static int build_tokenizer(Tokenizer **out, const char *path, int vocab_size, char *err, size_t errlen);
 static void free_tokenizer(Tokenizer *t);
+static void pack_weights(bl_model *m);
 
 // Read the header from fd and check it against the file's size: on success cfg describes a
 // model whose tensors fill the file exactly. No pointer into the file exists yet.
@@ -270,6 +273,7 @@ int bl_model_open(const char *checkpoint_path, const char *tokenizer_path, bl_mo
     bl_model *m = calloc(1, sizeof *m);
     if (!m) return fail(err, errlen, BL_ERR_NOMEM, "%s: out of memory", checkpoint_path);
     int rc = map_checkpoint(m, checkpoint_path, err, errlen);
+    if (rc == BL_OK) pack_weights(m);
     if (rc == BL_OK && tokenizer_path)
         rc = build_tokenizer(&m->tok, tokenizer_path, m->cfg.vocab_size, err, errlen);
     if (rc != BL_OK) {
@@ -283,6 +287,7 @@ int bl_model_open(const char *checkpoint_path, const char *tokenizer_path, bl_mo
 void bl_model_close(bl_model *m) {
     if (!m) return;
     if (m->map) munmap(m->map, m->map_size);
+    free(m->packed);
     free_tokenizer(m->tok);
     free(m);
 }
@@ -548,6 +553,30 @@ static void rows_q8(float *y, const int8_t *xq, const float *xs, const int8_t *w
 #define quantize_fast quantize
 #endif
 
+// The fast build's int8 kernel reads the matrices it can take (q8_packable) repacked into panels:
+// one copy of each, made here at load time. Without memory for it, the file's layout serves.
+static void pack_weights(bl_model *m) {
+#ifdef BL_PANELS
+    Weights *w = &m->w;
+    int L = m->cfg.n_layers;
+    Tensor *mats[8] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3, &w->wcls};
+    int layers[8] = {L, L, L, L, L, L, L, 1};
+    size_t total = 0, at = 0;
+    for (int k = 0; k < 8; k++) total += q8_packable(mats[k]) ? (size_t)mats[k]->stride * (size_t)layers[k] : 0;
+    if (total == 0 || !(m->packed = malloc(total))) return;
+    for (int k = 0; k < 8; k++) {
+        Tensor *t = mats[k];
+        if (!q8_packable(t)) continue;
+        for (int l = 0; l < layers[k]; l++)
+            pack_panels(m->packed + at + (size_t)l * t->stride, t->p + (size_t)l * t->stride, t->rows, t->cols, t->gs);
+        t->panels = m->packed + at;
+        at += (size_t)t->stride * (size_t)layers[k];
+    }
+#else
+    (void)m;  // the reference kernels read the file's layout
+#endif
+}
+
 // cos and sin of RoPE's angle pos * 10000^(-i / head_size) for each pair (i, i+1) of a head:
 // cs[i] = cos, cs[i+1] = sin. The same for every layer, and for queries and keys.
 static void rope_table(float *cs, int head_size, int pos) {
@@ -597,6 +626,7 @@ struct bl_state {
     float *key_cache, *value_cache;  // [n_seq, L, n_pos, KV]
     int8_t *xq;                      // [rows, max(D, H)] activations quantized for int8 matmuls (version 2)
     float *xs;                       // [rows, max(D, H) / gs] their scales
+    int32_t *xo;                     // [rows, max(D, H) / gs] their offsets for int8 panels (q8_offsets)
     const int *pos, *seq;            // the current pass: row b is at position pos[b] of sequence seq[b]
 };
 
@@ -627,9 +657,9 @@ static int state_new(const bl_model *m, int rows, int n_seq, int n_pos, bl_state
     s->rope = calloc(R * (D / p->n_heads), sizeof(float));
     s->logits = calloc(R * (size_t)p->vocab_size, sizeof(float));
     s->key_cache = calloc(kv, sizeof(float)), s->value_cache = calloc(kv, sizeof(float));
-    s->xq = calloc(R * nq, 1), s->xs = calloc(R * nq, sizeof(float));
+    s->xq = calloc(R * nq, 1), s->xs = calloc(R * nq, sizeof(float)), s->xo = calloc(R * nq, sizeof(int32_t));
     if (!s->x || !s->xb || !s->xb2 || !s->q || !s->k || !s->v || !s->hb || !s->hb2 || !s->att || !s->rope ||
-        !s->logits || !s->key_cache || !s->value_cache || !s->xq || !s->xs) {
+        !s->logits || !s->key_cache || !s->value_cache || !s->xq || !s->xs || !s->xo) {
         bl_state_free(s);
         return fail(err, errlen, BL_ERR_NOMEM, "out of memory for the state (KV cache %llu bytes x 2)",
                     (unsigned long long)kv_bytes);
@@ -649,7 +679,7 @@ void bl_state_free(bl_state *s) {
     if (!s) return;
     free(s->x), free(s->xb), free(s->xb2), free(s->q), free(s->k), free(s->v), free(s->hb), free(s->hb2);
     free(s->att), free(s->rope), free(s->logits), free(s->key_cache), free(s->value_cache);
-    free(s->xq), free(s->xs);
+    free(s->xq), free(s->xs), free(s->xo);
     free(s);
 }
 
@@ -689,6 +719,11 @@ static void matmul_block(void *arg, int k) {
     const char *base = w->p + (size_t)t->l * w->stride;
     int i0 = (k - t->first[j]) * t->rows[j], i1 = i0 + t->rows[j] < w->rows ? i0 + t->rows[j] : w->rows;
     if (!t->gs) rows_f32_fast(t->jobs[j].y, t->x, (const float *)(const void *)base, t->n, w->rows, i0, i1, t->B);
+#ifdef BL_PANELS
+    else if (w->panels)
+        rows_q8_panels(t->jobs[j].y, t->s->xq, t->s->xs, t->s->xo, w->panels + (size_t)t->l * w->stride, t->n, w->rows,
+                       t->gs, i0, i1, t->B);
+#endif
     else rows_q8_fast(t->jobs[j].y, t->s->xq, t->s->xs, (const int8_t *)base, base + (size_t)w->rows * t->n, t->n,
                       w->rows, t->gs, i0, i1, t->B);
 }
@@ -701,9 +736,13 @@ static void matmuls(bl_state *s, int l, const float *x, int B, const MatJob *job
     MatTask t = {s, x, jobs, l, B, jobs[0].w->cols, jobs[0].w->gs, n_jobs, {0}, {0}};
     int blocks = 0, threads = thread_count();
     long work = 0;
-    if (t.gs)
-        for (int b = 0; b < B; b++)
-            quantize_fast(s->xq + (size_t)b * t.n, s->xs + (size_t)b * (t.n / t.gs), x + (size_t)b * t.n, t.n, t.gs);
+    for (int b = 0; t.gs && b < B; b++) {
+        size_t at = (size_t)b * t.n, g = (size_t)b * (t.n / t.gs);
+        quantize_fast(s->xq + at, s->xs + g, x + at, t.n, t.gs);
+#ifdef BL_PANELS
+        q8_offsets(s->xo + g, s->xq + at, t.n, t.gs);
+#endif
+    }
     for (int j = 0; j < n_jobs; j++) {
         t.first[j] = blocks;
         t.rows[j] = rows_per_item(jobs[j].w, threads);

@@ -561,6 +561,54 @@ static void test_quantize(void) {
     CHECK(memcmp(q1, q2, sizeof q1) == 0 && memcmp(s1, s2, sizeof s1) == 0, "quantize_fast differs from quantize");
 }
 
+// The int8 panel kernel (run_simd.h, fast builds with VNNI) against rows_q8, the reference, on
+// random int8 matrices: every row, every token, within float rounding; and each token's results
+// are the same bits whether it comes alone, in a tile of 2-4 or after others (batches = decode).
+static void test_q8_panels(void) {
+#ifdef BL_PANELS
+    enum { MAXB = 9 };
+    const int shapes[][3] = {{16, 16, 16}, {32, 64, 32}, {48, 288, 32}, {16, 768, 64}, {64, 128, 128}};  // d, n, gs
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        int d = shapes[k][0], n = shapes[k][1], gs = shapes[k][2], G = n / gs;
+        size_t bytes = (size_t)d * n + (size_t)d * G * 4;
+        char *w = malloc(bytes), *panels = malloc(bytes);
+        int8_t *xq = malloc((size_t)MAXB * n);
+        float *xs = malloc((size_t)MAXB * G * sizeof(float)), *ref = malloc((size_t)MAXB * d * sizeof(float));
+        float *one = malloc((size_t)MAXB * d * sizeof(float)), *all = malloc((size_t)MAXB * d * sizeof(float));
+        int32_t *xo = malloc((size_t)MAXB * G * sizeof(int32_t));
+        for (size_t i = 0; i < (size_t)d * n; i++) w[i] = (char)(int8_t)(254.0f * rnd());  // -127..127
+        w[0] = (char)-127, w[1] = 127;
+        for (int i = 0; i < d * G; i++) {
+            float sc = 0.01f + 0.02f * (rnd() + 0.5f);
+            memcpy(w + (size_t)d * n + 4 * (size_t)i, &sc, 4);
+        }
+        for (int i = 0; i < MAXB * n; i++) xq[i] = (int8_t)(254.0f * rnd());
+        for (int b = 0; b < MAXB; b++) {
+            for (int g = 0; g < G; g++) xs[b * G + g] = 0.05f * (rnd() + 0.5f);
+            q8_offsets(xo + (size_t)b * G, xq + (size_t)b * n, n, gs);
+        }
+        Tensor t = {w, bytes, d, n, gs, NULL};
+        CHECK(q8_packable(&t), "shape %d x %d, group %d should be packable", d, n, gs);
+        pack_panels(panels, w, d, n, gs);
+        rows_q8(ref, xq, xs, (const int8_t *)w, w + (size_t)d * n, n, d, gs, 0, d, MAXB);
+        rows_q8_panels(all, xq, xs, xo, panels, n, d, gs, 0, d, MAXB);
+        for (int b = 0; b < MAXB; b++) rows_q8_panels(one + (size_t)b * d, xq + (size_t)b * n, xs + (size_t)b * G,
+                                                      xo + (size_t)b * G, panels, n, d, gs, 0, d, 1);
+        double worst = 0.0, scale = 0.0;
+        for (int i = 0; i < MAXB * d; i++) {
+            worst = fmax(worst, fabs((double)all[i] - ref[i]));
+            scale = fmax(scale, fabs((double)ref[i]));
+        }
+        CHECK(worst <= 1e-5 * scale, "panels %d x %d, group %d: off the reference by %g (max |y| %g)", d, n, gs, worst, scale);
+        CHECK(memcmp(one, all, (size_t)MAXB * d * sizeof(float)) == 0,
+              "panels %d x %d, group %d: a token's results depend on the tokens beside it", d, n, gs);
+        free(w), free(panels), free(xq), free(xs), free(ref), free(one), free(all), free(xo);
+    }
+    Tensor odd_rows = {NULL, 0, 24, 64, 32, NULL}, odd_group = {NULL, 0, 32, 64, 8, NULL};
+    CHECK(!q8_packable(&odd_rows) && !q8_packable(&odd_group), "rows not a multiple of 16, or groups of 8: no panels");
+#endif
+}
+
 // Prefill (many positions in one pass) and batches (many sequences in one pass) compute exactly
 // what one bl_forward per token computes: same logits, same KV cache, same stories.
 static void test_prefill_and_batch(const char *ckpt) {
@@ -631,6 +679,7 @@ int main(void) {
     test_threads();
     test_sort_desc();
     test_quantize();
+    test_q8_panels();
     test_topp_matches_llama2c();
     test_prefill_and_batch(tmp_path("v1.bin"));
     test_prefill_and_batch(tmp_path("v2.bin"));
