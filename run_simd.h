@@ -258,7 +258,7 @@ SIMD_INLINE __m512i bcast4(const int8_t *p) {
 SIMD_INLINE void panel_q8(float *y, const int8_t *xq, const float *xs, const int32_t *xo, const char *panel,
                           int n, int d, int gs, int i, int b, int T) {
     enum { PARTS = 4 };  // partial sums per token: independent vpdpbusd chains
-    int groups = n / gs, parts = T == 1 ? PARTS : 2;
+    int groups = n / gs, parts = T == 1 ? PARTS : T == 2 ? 2 : 1;
     __m512 acc[4];
     for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
     for (int g = 0; g < groups; g++) {
