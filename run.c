@@ -466,11 +466,12 @@ typedef struct {
     int n, chunk;
 } ExpTask;
 
-static void exp_chunk(void *arg, int c) {
-    const ExpTask *t = arg;
-    int end = (c + 1) * t->chunk < t->n ? (c + 1) * t->chunk : t->n;
-    for (int i = c * t->chunk; i < end; i++) t->x[i] = expf(t->x[i] - t->max);
+// x[i] = expf(x[i] - max)
+static void exp_shifted(float *x, int n, float max) {
+    for (int i = 0; i < n; i++) x[i] = expf(x[i] - max);
 }
+
+static void exp_chunk(void *arg, int c);
 
 // In place; subtracting the max keeps expf from overflowing. Bit for bit llama2.c's result, which
 // fixes libm's expf and the order of the sum; what may be reordered without changing a bit is: the
@@ -551,7 +552,14 @@ static void rows_q8(float *y, const int8_t *xq, const float *xs, const int8_t *w
 #define rows_f32_fast rows_f32
 #define rows_q8_fast rows_q8
 #define quantize_fast quantize
+#define exp_shifted_fast exp_shifted
 #endif
+
+static void exp_chunk(void *arg, int c) {
+    const ExpTask *t = arg;
+    int end = (c + 1) * t->chunk < t->n ? (c + 1) * t->chunk : t->n;
+    exp_shifted_fast(t->x + (size_t)c * t->chunk, end - c * t->chunk, t->max);
+}
 
 // The fast build's int8 kernel reads the matrices it can take (q8_packable) repacked into panels:
 // one copy of each, made here at load time. Without memory for it, the file's layout serves.

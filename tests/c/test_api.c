@@ -561,6 +561,38 @@ static void test_quantize(void) {
     CHECK(memcmp(q1, q2, sizeof q1) == 0 && memcmp(s1, s2, sizeof s1) == 0, "quantize_fast differs from quantize");
 }
 
+// The softmax's exponentials (run_simd.h's vector expf in fast builds with AVX-512, else run.c's
+// loop) are libm's expf bit for bit: every 4099th float from -inf to +inf (NaNs as NaN), and
+// logits minus their max. (All 2^32 floats were compared once: no difference.)
+static void test_expf_bits(void) {
+    enum { N = 1 << 16 };
+    static float in[N], got[N];
+    long bad = 0, n = 0;
+    for (uint64_t b0 = 0; b0 < (1ull << 32); b0 += (uint64_t)N * 4099) {
+        int m = 0;
+        for (uint64_t b = b0; m < N && b < (1ull << 32); b += 4099, m++) {
+            uint32_t bits = (uint32_t)b;
+            memcpy(&in[m], &bits, 4);
+        }
+        memcpy(got, in, sizeof got);
+        exp_shifted_fast(got, m, 0.0f);
+        for (int i = 0; i < m; i++, n++) {
+            float want = expf(in[i]);
+            bad += memcmp(&want, &got[i], 4) != 0 && !(isnan(want) && isnan(got[i]));
+        }
+    }
+    for (int i = 0; i < N; i++) in[i] = 12.0f * rnd(), got[i] = in[i];
+    exp_shifted_fast(got, N - 3, 5.0f);  // a length that leaves a tail
+    for (int i = 0; i < N - 3; i++, n++) {
+        float want = expf(in[i] - 5.0f);
+        bad += memcmp(&want, &got[i], 4) != 0;
+    }
+    CHECK(bad == 0, "exp_shifted_fast differs from expf in %ld of %ld arguments", bad, n);
+#ifdef BL_PANELS
+    if (!expf_vector_ok) fprintf(stderr, "note: this libm's expf is not glibc's: the vector expf is off (expf is called)\n");
+#endif
+}
+
 // The int8 panel kernel (run_simd.h, fast builds with VNNI) against rows_q8, the reference, on
 // random int8 matrices: every row, every token, within float rounding; and each token's results
 // are the same bits whether it comes alone, in a tile of 2-4 or after others (batches = decode).
@@ -679,6 +711,7 @@ int main(void) {
     test_threads();
     test_sort_desc();
     test_quantize();
+    test_expf_bits();
     test_q8_panels();
     test_topp_matches_llama2c();
     test_prefill_and_batch(tmp_path("v1.bin"));
