@@ -109,6 +109,99 @@ static void rows_f32_fast(float *y, const float *x, const float *w, int n, int d
     for (; i < i1; i++) tiles_f32(y, x, w, n, d, i, 1, B);
 }
 
+// ---- attention of one head over the KV cache ----------------------------------------------
+// Assumes a head size that is a multiple of 16, at most 128 (q and the sums stay in registers),
+// else run.c's loops run. Faster because: the scores of 16 positions are summed across lanes
+// together (15 vector additions for 16 dot products, not 16 chains of scalar adds), and the
+// weighted sum of values keeps its hs / 16 vectors in registers, in two sets (even and odd
+// positions) so that consecutive positions do not wait on each other, instead of loading and
+// storing the output once per position. Both read each cache row once, front to back.
+
+// The 16 lane sums of a[0..15], as the 16 lanes of the result (a pairwise tree).
+SIMD_INLINE __m512 sums16(__m512 a[16]) {
+    __m512 b[8], c[4], d[2];
+    for (int m = 0; m < 8; m++)  // b[m]: lanes 0-7 from a[2m], 8-15 from a[2m+1], halves added
+        b[m] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * m], a[2 * m + 1], 0x44), _mm512_shuffle_f32x4(a[2 * m], a[2 * m + 1], 0xEE));
+    for (int m = 0; m < 4; m++)
+        c[m] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * m], b[2 * m + 1], 0x88), _mm512_shuffle_f32x4(b[2 * m], b[2 * m + 1], 0xDD));
+    for (int m = 0; m < 2; m++)
+        d[m] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * m], c[2 * m + 1], 0x44), _mm512_shuffle_ps(c[2 * m], c[2 * m + 1], 0xEE));
+    __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], 0x88), _mm512_shuffle_ps(d[0], d[1], 0xDD));
+    // lane order of e: sum k sits in lane 4 * (k % 4) + (k / 4) % 4 ... put them back in order
+    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_permutexvar_ps(order, e);
+}
+
+SIMD_INLINE void head_scores_nv(float *att, const float *q, const float *keys, int stride, int hs, int pos, int NV) {
+    __m512 qv[8];
+    for (int v = 0; v < NV; v++) qv[v] = _mm512_loadu_ps(q + 16 * v);
+    const __m512 root = _mm512_set1_ps(sqrtf((float)hs));
+    int i = 0;
+    for (; i + 16 <= pos + 1; i += 16) {
+        __m512 acc[16];
+        for (int r = 0; r < 16; r++) {
+            const float *k = keys + (size_t)(i + r) * stride;
+            acc[r] = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k));
+            for (int v = 1; v < NV; v++) acc[r] = _mm512_fmadd_ps(qv[v], _mm512_loadu_ps(k + 16 * v), acc[r]);
+        }
+        _mm512_storeu_ps(att + i, _mm512_div_ps(sums16(acc), root));
+    }
+    for (; i <= pos; i++) {
+        const float *k = keys + (size_t)i * stride;
+        __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k));
+        for (int v = 1; v < NV; v++) acc = _mm512_fmadd_ps(qv[v], _mm512_loadu_ps(k + 16 * v), acc);
+        att[i] = _mm512_reduce_add_ps(acc) / sqrtf((float)hs);
+    }
+}
+
+static void head_scores_fast(float *att, const float *q, const float *keys, int stride, int hs, int pos) {
+    switch (hs) {  // a constant NV unrolls the loops over the vectors of a row
+    case 16: head_scores_nv(att, q, keys, stride, hs, pos, 1); break;
+    case 32: head_scores_nv(att, q, keys, stride, hs, pos, 2); break;
+    case 48: head_scores_nv(att, q, keys, stride, hs, pos, 3); break;
+    case 64: head_scores_nv(att, q, keys, stride, hs, pos, 4); break;
+    case 80: head_scores_nv(att, q, keys, stride, hs, pos, 5); break;
+    case 96: head_scores_nv(att, q, keys, stride, hs, pos, 6); break;
+    case 112: head_scores_nv(att, q, keys, stride, hs, pos, 7); break;
+    case 128: head_scores_nv(att, q, keys, stride, hs, pos, 8); break;
+    default: head_scores(att, q, keys, stride, hs, pos);
+    }
+}
+
+SIMD_INLINE void head_values_nv(float *out, const float *att, const float *values, int stride, int pos, int NV) {
+    __m512 even[8], odd[8];
+    for (int v = 0; v < NV; v++) even[v] = odd[v] = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 2 <= pos + 1; i += 2) {
+        const float *v0 = values + (size_t)i * stride, *v1 = v0 + stride;
+        __m512 a0 = _mm512_set1_ps(att[i]), a1 = _mm512_set1_ps(att[i + 1]);
+        for (int v = 0; v < NV; v++) {
+            even[v] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(v0 + 16 * v), even[v]);
+            odd[v] = _mm512_fmadd_ps(a1, _mm512_loadu_ps(v1 + 16 * v), odd[v]);
+        }
+    }
+    if (i <= pos) {
+        const float *v0 = values + (size_t)i * stride;
+        __m512 a0 = _mm512_set1_ps(att[i]);
+        for (int v = 0; v < NV; v++) even[v] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(v0 + 16 * v), even[v]);
+    }
+    for (int v = 0; v < NV; v++) _mm512_storeu_ps(out + 16 * v, _mm512_add_ps(even[v], odd[v]));
+}
+
+static void head_values_fast(float *out, const float *att, const float *values, int stride, int hs, int pos) {
+    switch (hs) {
+    case 16: head_values_nv(out, att, values, stride, pos, 1); break;
+    case 32: head_values_nv(out, att, values, stride, pos, 2); break;
+    case 48: head_values_nv(out, att, values, stride, pos, 3); break;
+    case 64: head_values_nv(out, att, values, stride, pos, 4); break;
+    case 80: head_values_nv(out, att, values, stride, pos, 5); break;
+    case 96: head_values_nv(out, att, values, stride, pos, 6); break;
+    case 112: head_values_nv(out, att, values, stride, pos, 7); break;
+    case 128: head_values_nv(out, att, values, stride, pos, 8); break;
+    default: head_values(out, att, values, stride, hs, pos);
+    }
+}
+
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
 // Scales of the 64 int8 values from j, one per 32-bit lane: lane L (values j+4L .. j+4L+3) is in
 // group (j + 4L) / gs. s: the scales of groups 0, 1, ... as stored (any alignment).

@@ -593,6 +593,30 @@ static void test_expf_bits(void) {
 #endif
 }
 
+// One head's attention (run_simd.h's kernels in fast builds for head sizes 16..128, else run.c's
+// loops) against run.c's loops, over positions that fill 16-position blocks and leave tails.
+static void test_attention_head(void) {
+    enum { STRIDE = 144, MAXPOS = 40 };
+    static float keys[(MAXPOS + 1) * STRIDE], values[(MAXPOS + 1) * STRIDE], q[128];
+    for (int i = 0; i < (MAXPOS + 1) * STRIDE; i++) keys[i] = rnd(), values[i] = rnd();
+    for (int i = 0; i < 128; i++) q[i] = 4.0f * rnd();
+    const int sizes[] = {8, 16, 48, 64, 128, 24};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
+        for (int pos = 0; pos <= MAXPOS; pos += pos < 17 ? 1 : 7) {
+            int hs = sizes[k];
+            float a1[MAXPOS + 1], a2[MAXPOS + 1], o1[128], o2[128];
+            head_scores(a1, q, keys, STRIDE, hs, pos);
+            head_scores_fast(a2, q, keys, STRIDE, hs, pos);
+            double es = 0.0, eo = 0.0;
+            for (int i = 0; i <= pos; i++) es = fmax(es, fabs((double)a1[i] - a2[i]));
+            softmax(a1, pos + 1);
+            head_values(o1, a1, values, STRIDE, hs, pos);
+            head_values_fast(o2, a1, values, STRIDE, hs, pos);
+            for (int j = 0; j < hs; j++) eo = fmax(eo, fabs((double)o1[j] - o2[j]));
+            CHECK(es < 1e-5 && eo < 1e-6, "attention head, hs %d, pos %d: scores off by %g, output by %g", hs, pos, es, eo);
+        }
+}
+
 // The int8 panel kernel (run_simd.h, fast builds with VNNI) against rows_q8, the reference, on
 // random int8 matrices: every row, every token, within float rounding; and each token's results
 // are the same bits whether it comes alone, in a tile of 2-4 or after others (batches = decode).
@@ -712,6 +736,7 @@ int main(void) {
     test_sort_desc();
     test_quantize();
     test_expf_bits();
+    test_attention_head();
     test_q8_panels();
     test_topp_matches_llama2c();
     test_prefill_and_batch(tmp_path("v1.bin"));
