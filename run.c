@@ -566,13 +566,43 @@ static void head_values(float *out, const float *att, const float *values, int s
     }
 }
 
+// cos and sin of RoPE's angle pos * 10000^(-i / head_size) for each pair (i, i+1) of a head:
+// cs[i] = cos, cs[i+1] = sin. The same for every layer, and for queries and keys.
+static void rope_table(float *cs, int head_size, int pos) {
+    for (int i = 0; i < head_size; i += 2) {
+        float freq = 1.0f / powf(10000.0f, (float)i / (float)head_size);
+        float angle = pos * freq;
+        cs[i] = cosf(angle), cs[i + 1] = sinf(angle);
+    }
+}
+
+// Rotate each pair (v[i], v[i+1]) of every head of v[n] by its angle (cs from rope_table): RoPE.
+static void rope(float *v, int n, int head_size, const float *cs) {
+    for (int i = 0; i < n; i += 2) {
+        float c = cs[i % head_size], s = cs[i % head_size + 1];
+        float a = v[i], b = v[i + 1];
+        v[i] = a * c - b * s;
+        v[i + 1] = a * s + b * c;
+    }
+}
+
+// SwiGLU: h1 = silu(h1) * h3
+static void swiglu(float *h1, const float *h3, size_t n) {
+    for (size_t i = 0; i < n; i++) h1[i] = h1[i] / (1.0f + expf(-h1[i])) * h3[i];
+}
+
+static void add(float *x, const float *y, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] += y[i];
+}
+
 #if defined(__AVX512F__) && !defined(BL_REFERENCE)
-#include "run_simd.h"  // rows_f32_fast, rows_q8_fast (AVX-512, VNNI)
+#include "run_simd.h"  // the *_fast kernels below, same results (AVX-512, VNNI)
 #else
 #define rows_f32_fast rows_f32
 #define rows_q8_fast rows_q8
 #define quantize_fast quantize
 #define exp_shifted_fast exp_shifted
+#define swiglu_fast swiglu
 #define head_scores_fast head_scores
 #define head_values_fast head_values
 #endif
@@ -605,35 +635,6 @@ static void pack_weights(bl_model *m) {
 #else
     (void)m;  // the reference kernels read the file's layout
 #endif
-}
-
-// cos and sin of RoPE's angle pos * 10000^(-i / head_size) for each pair (i, i+1) of a head:
-// cs[i] = cos, cs[i+1] = sin. The same for every layer, and for queries and keys.
-static void rope_table(float *cs, int head_size, int pos) {
-    for (int i = 0; i < head_size; i += 2) {
-        float freq = 1.0f / powf(10000.0f, (float)i / (float)head_size);
-        float angle = pos * freq;
-        cs[i] = cosf(angle), cs[i + 1] = sinf(angle);
-    }
-}
-
-// Rotate each pair (v[i], v[i+1]) of every head of v[n] by its angle (cs from rope_table): RoPE.
-static void rope(float *v, int n, int head_size, const float *cs) {
-    for (int i = 0; i < n; i += 2) {
-        float c = cs[i % head_size], s = cs[i % head_size + 1];
-        float a = v[i], b = v[i + 1];
-        v[i] = a * c - b * s;
-        v[i + 1] = a * s + b * c;
-    }
-}
-
-// SwiGLU: h1 = silu(h1) * h3
-static void swiglu(float *h1, const float *h3, size_t n) {
-    for (size_t i = 0; i < n; i++) h1[i] = h1[i] / (1.0f + expf(-h1[i])) * h3[i];
-}
-
-static void add(float *x, const float *y, size_t n) {
-    for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -857,7 +858,7 @@ static void block(bl_state *s, int l, int B) {
     for (int b = 0; b < B; b++) rmsnorm(s->xb + b * D, s->x + b * D, f32(&w->rms_ffn, l), (int)D);
     MatJob up[2] = {{s->hb, &w->w1}, {s->hb2, &w->w3}};
     matmuls(s, l, s->xb, B, up, 2);
-    swiglu(s->hb, s->hb2, B * H);
+    swiglu_fast(s->hb, s->hb2, B * H);
     MatJob down[1] = {{s->xb2, &w->w2}};
     matmuls(s, l, s->hb, B, down, 1);
     add(s->x, s->xb2, B * D);

@@ -434,22 +434,24 @@ SIMD_INLINE __m256 expf8(__m512d x) {
     return _mm512_cvtpd_ps(_mm512_mul_pd(y, s));
 }
 
-// x[i] = expf(x[i] - max) for i < n, with expf8 where the check allows it.
-static void exp_shifted_vector(float *x, int n, float max) {
-    const __m512 m = _mm512_set1_ps(max);
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 v = _mm512_sub_ps(_mm512_loadu_ps(x + i), m);
-        __m512i top = _mm512_and_si512(_mm512_srli_epi32(_mm512_castps_si512(v), 20), _mm512_set1_epi32(0x7ff));
-        if (_mm512_cmpge_epu32_mask(top, _mm512_set1_epi32(0x42b))) {  // |x| >= 88 or NaN somewhere
-            _mm512_storeu_ps(x + i, v);
-            for (int j = i; j < i + 16; j++) x[j] = expf(x[j]);
-            continue;
-        }
-        __m256 a = expf8(_mm512_cvtps_pd(_mm512_castps512_ps256(v)));
-        __m256 b = expf8(_mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)));
-        _mm512_storeu_ps(x + i, _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1));
+// expf of 16 lanes: expf8 twice, or expf itself when a lane has |x| >= 88 or NaN (rare).
+SIMD_INLINE __m512 expf16(__m512 v) {
+    __m512i top = _mm512_and_si512(_mm512_srli_epi32(_mm512_castps_si512(v), 20), _mm512_set1_epi32(0x7ff));
+    if (_mm512_cmpge_epu32_mask(top, _mm512_set1_epi32(0x42b))) {
+        float t[16];
+        _mm512_storeu_ps(t, v);
+        for (int j = 0; j < 16; j++) t[j] = expf(t[j]);
+        return _mm512_loadu_ps(t);
     }
+    __m256 a = expf8(_mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+    __m256 b = expf8(_mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)));
+    return _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1);
+}
+
+// x[i] = expf(x[i] - max) for i < n, with expf16 (unchecked: see exp_shifted_fast).
+static void exp_shifted_vector(float *x, int n, float max) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, expf16(_mm512_sub_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(max))));
     for (; i < n; i++) x[i] = expf(x[i] - max);
 }
 
@@ -470,15 +472,28 @@ static void expf_check(void) {
     expf_vector_ok = same;
 }
 
-// run.c's exp_shifted (x[i] = expf(x[i] - max)), bit for bit.
-static void exp_shifted_fast(float *x, int n, float max) {
+// Whether expf16 may stand in for expf (checked once per process).
+static int expf_vector(void) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, expf_check);
-    if (!expf_vector_ok) {
-        exp_shifted(x, n, max);
-        return;
-    }
-    exp_shifted_vector(x, n, max);
+    return expf_vector_ok;
+}
+
+// run.c's exp_shifted (x[i] = expf(x[i] - max)), bit for bit.
+static void exp_shifted_fast(float *x, int n, float max) {
+    if (expf_vector()) exp_shifted_vector(x, n, max);
+    else exp_shifted(x, n, max);
+}
+
+// run.c's swiglu, bit for bit: the same operations, 16 at a time.
+static void swiglu_fast(float *h1, const float *h3, size_t n) {
+    size_t i = 0;
+    if (expf_vector())
+        for (; i + 16 <= n; i += 16) {
+            __m512 v = _mm512_loadu_ps(h1 + i), e = expf16(_mm512_sub_ps(_mm512_setzero_ps(), v));
+            _mm512_storeu_ps(h1 + i, _mm512_mul_ps(_mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), _mm512_loadu_ps(h3 + i)));
+        }
+    swiglu(h1 + i, h3 + i, n - i);
 }
 
 // Other group sizes (8, 48, ...: export.py picks 64, else the largest divisor it can) take
@@ -501,4 +516,5 @@ static void rows_q8_fast(float *y, const int8_t *xq, const float *xs, const int8
 #define rows_q8_fast rows_q8
 #define quantize_fast quantize
 #define exp_shifted_fast exp_shifted
+#define swiglu_fast swiglu
 #endif

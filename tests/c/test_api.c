@@ -561,8 +561,8 @@ static void test_quantize(void) {
     CHECK(memcmp(q1, q2, sizeof q1) == 0 && memcmp(s1, s2, sizeof s1) == 0, "quantize_fast differs from quantize");
 }
 
-// The softmax's exponentials (run_simd.h's vector expf in fast builds with AVX-512, else run.c's
-// loop) are libm's expf bit for bit: every 4099th float from -inf to +inf (NaNs as NaN), and
+// The softmax's and SwiGLU's exponentials (run_simd.h's vector expf in fast builds with AVX-512,
+// else run.c's loops) are libm's expf bit for bit: every 4099th float from -inf to +inf (NaNs as NaN), and
 // logits minus their max. (All 2^32 floats were compared once: no difference.)
 static void test_expf_bits(void) {
     enum { N = 1 << 16 };
@@ -588,6 +588,12 @@ static void test_expf_bits(void) {
         bad += memcmp(&want, &got[i], 4) != 0;
     }
     CHECK(bad == 0, "exp_shifted_fast differs from expf in %ld of %ld arguments", bad, n);
+    static float h1[N], h2[N], h3[N];  // SwiGLU, which takes expf too: the same bits
+    for (int i = 0; i < N; i++) h1[i] = h2[i] = 30.0f * rnd(), h3[i] = rnd();
+    h1[7] = h2[7] = -100.0f, h1[8] = h2[8] = 95.0f, h1[9] = h2[9] = NAN;
+    swiglu(h1, h3, N - 5);
+    swiglu_fast(h2, h3, N - 5);
+    CHECK(memcmp(h1, h2, sizeof h1) == 0, "swiglu_fast differs from swiglu");
 #ifdef BL_PANELS
     if (!expf_vector_ok) fprintf(stderr, "note: this libm's expf is not glibc's: the vector expf is off (expf is called)\n");
 #endif
