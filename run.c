@@ -84,7 +84,7 @@ typedef struct {
     uint64_t stride;  // bytes from one layer's matrix to the next
     int rows, cols;   // shape [rows, cols] per layer: y = W x maps cols values to rows values
     int gs;           // 0: fp32 rows; > 0: int8 values then one fp32 scale per gs values (Q8_0)
-    const char *panels;  // NULL, or layer 0 of run_simd.h's repacked int8 copy (same stride)
+    const char *panels;  // NULL, or layer 0 of run_simd.h's repacked copy (same stride)
 } Tensor;
 
 typedef struct {
@@ -217,7 +217,7 @@ struct bl_model {
     void *map;          // the memory-mapped checkpoint
     size_t map_size;
     Tokenizer *tok;     // NULL when opened without a tokenizer
-    char *packed;       // NULL, or the int8 matrices repacked for the fast kernel (pack_weights)
+    char *packed;       // NULL, or the matrices repacked for the fast kernels (pack_weights)
 };
 
 static int build_tokenizer(Tokenizer **out, const char *path, int vocab_size, char *err, size_t errlen);
@@ -613,8 +613,8 @@ static void exp_chunk(void *arg, int c) {
     exp_shifted_fast(t->x + (size_t)c * t->chunk, end - c * t->chunk, t->max);
 }
 
-// The fast build's int8 kernel reads the matrices it can take (q8_packable) repacked into panels:
-// one copy of each, made here at load time. Without memory for it, the file's layout serves.
+// The fast build's kernels read the matrices they can take (packable) repacked into panels: one
+// copy of each, made here at load time. Without memory for it, the file's layout serves.
 static void pack_weights(bl_model *m) {
 #ifdef BL_PANELS
     Weights *w = &m->w;
@@ -622,13 +622,17 @@ static void pack_weights(bl_model *m) {
     Tensor *mats[8] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3, &w->wcls};
     int layers[8] = {L, L, L, L, L, L, L, 1};
     size_t total = 0, at = 0;
-    for (int k = 0; k < 8; k++) total += q8_packable(mats[k]) ? (size_t)mats[k]->stride * (size_t)layers[k] : 0;
-    if (total == 0 || !(m->packed = malloc(total))) return;
+    for (int k = 0; k < 8; k++) total += packable(mats[k]) ? (size_t)mats[k]->stride * (size_t)layers[k] : 0;
+    if (total == 0 || !(m->packed = aligned_alloc(64, (total + 63) / 64 * 64))) return;
     for (int k = 0; k < 8; k++) {
         Tensor *t = mats[k];
-        if (!q8_packable(t)) continue;
-        for (int l = 0; l < layers[k]; l++)
-            pack_panels(m->packed + at + (size_t)l * t->stride, t->p + (size_t)l * t->stride, t->rows, t->cols, t->gs);
+        if (!packable(t)) continue;
+        for (int l = 0; l < layers[k]; l++) {
+            char *dst = m->packed + at + (size_t)l * t->stride;
+            const char *src = t->p + (size_t)l * t->stride;
+            if (t->gs) pack_panels(dst, src, t->rows, t->cols, t->gs);
+            else pack_panels_f32((float *)(void *)dst, (const float *)(const void *)src, t->rows, t->cols);
+        }
         t->panels = m->packed + at;
         at += (size_t)t->stride * (size_t)layers[k];
     }
@@ -749,14 +753,18 @@ static void matmul_block(void *arg, int k) {
     const Tensor *w = t->jobs[j].w;
     const char *base = w->p + (size_t)t->l * w->stride;
     int i0 = (k - t->first[j]) * t->rows[j], i1 = i0 + t->rows[j] < w->rows ? i0 + t->rows[j] : w->rows;
-    if (!t->gs) rows_f32_fast(t->jobs[j].y, t->x, (const float *)(const void *)base, t->n, w->rows, i0, i1, t->B);
+    float *y = t->jobs[j].y;
 #ifdef BL_PANELS
-    else if (w->panels)
-        rows_q8_panels(t->jobs[j].y, t->s->xq, t->s->xs, t->s->xo, w->panels + (size_t)t->l * w->stride, t->n, w->rows,
-                       t->gs, i0, i1, t->B);
+    if (w->panels) {  // run_simd.h's repacked copy (pack_weights)
+        const char *panels = w->panels + (size_t)t->l * w->stride;
+        if (!t->gs) rows_f32_panels(y, t->x, (const float *)(const void *)panels, t->n, w->rows, i0, i1, t->B);
+        else rows_q8_panels(y, t->s->xq, t->s->xs, t->s->xo, panels, t->n, w->rows, t->gs, i0, i1, t->B);
+        return;
+    }
 #endif
-    else rows_q8_fast(t->jobs[j].y, t->s->xq, t->s->xs, (const int8_t *)base, base + (size_t)w->rows * t->n, t->n,
-                      w->rows, t->gs, i0, i1, t->B);
+    if (!t->gs) rows_f32_fast(y, t->x, (const float *)(const void *)base, t->n, w->rows, i0, i1, t->B);
+    else rows_q8_fast(y, t->s->xq, t->s->xs, (const int8_t *)base, base + (size_t)w->rows * t->n, t->n, w->rows, t->gs,
+                      i0, i1, t->B);
 }
 
 // Run the jobs (matrices of the same input width, like Q, K and V) on the same B input rows, in

@@ -1,32 +1,28 @@
 /*
- * run_simd.h: AVX-512 versions of run.c's two matrix kernels (rows_f32, rows_q8), included by
- * run.c when the compiler targets AVX-512 (make's -march=native on a CPU that has it) and
- * BL_REFERENCE is not defined. Same arguments, same results up to float rounding; everything else
+ * run_simd.h: AVX-512 versions of run.c's kernels, included by run.c when the compiler targets
+ * AVX-512 (make's -march=native on a CPU that has it) and BL_REFERENCE is not defined. Same
+ * arguments, same results up to float rounding (the exponentials: the same bits); everything else
  * in run.c is shared by both builds, and `make run_ref` builds the reference kernels for comparison.
+ *
+ * What is here, each with a comment on what it assumes and why it is faster:
+ * - matrix products from panels: the weight matrices repacked at load time (run.c's
+ *   pack_weights) into blocks of 16 rows in which one vector holds 16 rows' values, so each lane
+ *   sums one output row and no horizontal sums remain; fp32 (FMA) and int8 (VNNI's vpdpbusd);
+ * - the dot-product tiles (tile_f32, tile_q8) for the matrices the panels do not take (rows not a
+ *   multiple of 16, int8 groups not a multiple of 16): 4 weight rows x 4 tokens per pass;
+ * - the activations' int8 quantization; one head's attention over the KV cache; glibc's expf.
+ * Every (weight row, token) pair sums in one fixed order whatever the tile, so a token gives
+ * bit for bit the same logits alone, in a prompt or in a batch, and with any thread count.
  *
  * What it does not do: run-time CPU detection (the build decides), or any other architecture
  * (elsewhere run.c's plain loops run, which compilers vectorize with `omp simd`).
- *
- * Why these are faster than the plain loops:
- * - A tile of 4 weight rows x up to 4 activation rows (tokens) per pass: each weight vector
- *   loaded feeds 4 tokens and each activation vector 4 weight rows, with 16 independent FMA
- *   chains in flight. Prefill and batches reuse each loaded weight 4 times from registers and more
- *   from L1, which makes them compute-bound.
- * - Decoding (one token) is bound by reading the weights, and there the tile would only interleave
- *   4 short row streams (a stories15M row is 18 cache lines), which the hardware prefetcher follows
- *   worse than one long stream: one row after another decodes 1.1-1.8x faster (15M/110M, fp32 and
- *   int8, 1 and 2 threads; bench/README.md), with the very same sums.
- * - int8 uses VNNI's vpdpbusd (64 multiply-adds of u8 x s8 into 16 int32 per instruction).
- * Each (weight row, token) pair sums in one fixed order whatever the tile, so a token gives
- * bit for bit the same logits alone, in a prompt or in a batch, and with any thread count.
  */
 #include <immintrin.h>
 
 #define SIMD_INLINE static inline __attribute__((always_inline))
 
 // Loads v once into a register. Without it GCC folds a weight load into each of the T FMAs that
-// use it (a memory operand each), and the tile does 20 loads per 16 FMAs instead of 8: Zen 4 does
-// one 512-bit load per cycle, so loads, not FMAs, set the pace.
+// use it (a memory operand each): a 4 x 4 tile then does 20 loads per 16 FMAs instead of 8.
 #define KEEP_IN_REGISTER(v) __asm__("" : "+v"(v))
 
 // Load n < 16 trailing floats, zeros after them (a zero adds nothing to an FMA sum).
@@ -101,12 +97,71 @@ SIMD_INLINE void tiles_f32(float *y, const float *x, const float *w, int n, int 
 
 static void rows_f32_fast(float *y, const float *x, const float *w, int n, int d, int i0, int i1, int B) {
     int i = i0;
-    if (B == 1) {  // decoding: one row after another (see the header comment), same sums
+    if (B == 1) {  // decoding: one row after another, one long stream for the prefetcher; same sums
         for (; i < i1; i++) tile_f32(y, x, w, n, d, i, 0, 1, 1);
         return;
     }
     for (; i + 4 <= i1; i += 4) tiles_f32(y, x, w, n, d, i, 4, B);
     for (; i < i1; i++) tiles_f32(y, x, w, n, d, i, 1, B);
+}
+
+// ---- fp32 panels: the weights repacked once, at load time ------------------------------------
+// Assumes rows a multiple of 16 (f32_packable). A panel is 16 weight rows, stored column by
+// column: for each k, the 16 rows' values w[r][k] (64 bytes). Lane r of a vector sums row r:
+// y[b][i + r] = sum over k in order of w[i + r][k] x[b][k], one fused multiply-add per k, the
+// same order whatever the tile, so a token's logits stay bit for bit the same alone, in a prompt
+// or in a batch. Why it is faster than tile_f32:
+// - no horizontal sums: each output vector is 16 rows, stored as it is;
+// - a tile of 4 panels (64 rows) x 4 tokens: per k, 4 loads of 64 weight bytes, 4 activations
+//   broadcast from memory, 16 FMAs, so prompts and batches run near the FMA peak (the dot-product
+//   tiles spent half their time on loads and reductions);
+// - decoding reads the 4 panels front to back, 4 sums in flight: well above memory's speed.
+static int f32_packable(const Tensor *t) { return t->gs == 0 && t->rows % 16 == 0; }
+
+// One layer's matrix [d, n] (row after row, as in the file) into panels, the same size.
+static void pack_panels_f32(float *dst, const float *w, int d, int n) {
+    for (int p = 0; p < d / 16; p++)
+        for (int k = 0; k < n; k++)
+            for (int r = 0; r < 16; r++) *dst++ = w[(size_t)(16 * p + r) * n + k];
+}
+
+// P <= 4 panels from row i x T <= 4 tokens from b (constants after inlining).
+SIMD_INLINE void panel_f32(float *y, const float *x, const float *panels, int n, int d, int i, int b, int P, int T) {
+    __m512 acc[4][4];
+    const float *pn[4];
+    for (int p = 0; p < P; p++) {
+        pn[p] = panels + (size_t)(i / 16 + p) * 16 * n;
+        for (int t = 0; t < T; t++) acc[p][t] = _mm512_setzero_ps();
+    }
+    for (int k = 0; k < n; k++)
+        for (int p = 0; p < P; p++) {
+            __m512 wv = _mm512_loadu_ps(pn[p] + 16 * (size_t)k);
+            KEEP_IN_REGISTER(wv);
+            for (int t = 0; t < T; t++) acc[p][t] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[(size_t)(b + t) * n + k]), acc[p][t]);
+        }
+    for (int p = 0; p < P; p++)
+        for (int t = 0; t < T; t++) _mm512_storeu_ps(y + (size_t)(b + t) * d + i + 16 * p, acc[p][t]);
+}
+
+SIMD_INLINE void panels_f32_tokens(float *y, const float *x, const float *panels, int n, int d, int i, int P, int B) {
+    int b = 0;
+    for (; b + 4 <= B; b += 4) panel_f32(y, x, panels, n, d, i, b, P, 4);
+    switch (B - b) {
+    case 3: panel_f32(y, x, panels, n, d, i, b, P, 3); break;
+    case 2: panel_f32(y, x, panels, n, d, i, b, P, 2); break;
+    case 1: panel_f32(y, x, panels, n, d, i, b, P, 1); break;
+    }
+}
+
+// rows_f32 from panels: rows i0 <= i < i1 (multiples of 16) of the layer's panels.
+static void rows_f32_panels(float *y, const float *x, const float *panels, int n, int d, int i0, int i1, int B) {
+    int i = i0;
+    for (; i + 64 <= i1; i += 64) panels_f32_tokens(y, x, panels, n, d, i, 4, B);
+    switch ((i1 - i) / 16) {
+    case 3: panels_f32_tokens(y, x, panels, n, d, i, 3, B); break;
+    case 2: panels_f32_tokens(y, x, panels, n, d, i, 2, B); break;
+    case 1: panels_f32_tokens(y, x, panels, n, d, i, 1, B); break;
+    }
 }
 
 // ---- attention of one head over the KV cache ----------------------------------------------
@@ -316,6 +371,9 @@ static void quantize_fast(int8_t *q, float *s, const float *x, int n, int gs) {
 #define BL_PANELS 1
 
 static int q8_packable(const Tensor *t) { return t->gs > 0 && t->gs % 16 == 0 && t->rows % 16 == 0; }
+
+// Which matrices pack_weights repacks: fp32 ones with 16-row panels, int8 ones with these.
+static int packable(const Tensor *t) { return t->gs ? q8_packable(t) : f32_packable(t); }
 
 // One layer's matrix (int8 rows, then the scales, as in the file) into panels, the same size.
 static void pack_panels(char *dst, const char *src, int d, int n, int gs) {

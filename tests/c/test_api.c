@@ -671,6 +671,37 @@ static void test_q8_panels(void) {
 #endif
 }
 
+// The fp32 panel kernel (run_simd.h, fast builds) against rows_f32: tiles of 1 to 4 panels and 1
+// to 4 tokens; a token's results are the same bits alone as among 8 others.
+static void test_f32_panels(void) {
+#ifdef BL_PANELS
+    enum { MAXB = 9 };
+    const int shapes[][2] = {{16, 1}, {48, 7}, {64, 288}, {80, 33}, {112, 16}};  // d, n
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        int d = shapes[k][0], n = shapes[k][1];
+        float *w = malloc((size_t)d * n * sizeof(float)), *panels = malloc((size_t)d * n * sizeof(float));
+        float *x = malloc((size_t)MAXB * n * sizeof(float)), *ref = malloc((size_t)MAXB * d * sizeof(float));
+        float *one = malloc((size_t)MAXB * d * sizeof(float)), *all = malloc((size_t)MAXB * d * sizeof(float));
+        for (int i = 0; i < d * n; i++) w[i] = rnd();
+        for (int i = 0; i < MAXB * n; i++) x[i] = rnd();
+        Tensor t = {(const char *)w, (uint64_t)d * n * 4, d, n, 0, NULL};
+        CHECK(packable(&t), "fp32 %d x %d should be packable", d, n);
+        pack_panels_f32(panels, w, d, n);
+        rows_f32(ref, x, w, n, d, 0, d, MAXB);
+        rows_f32_panels(all, x, panels, n, d, 0, d, MAXB);
+        for (int b = 0; b < MAXB; b++) rows_f32_panels(one + (size_t)b * d, x + (size_t)b * n, panels, n, d, 0, d, 1);
+        double worst = 0.0;
+        for (int i = 0; i < MAXB * d; i++) worst = fmax(worst, fabs((double)all[i] - ref[i]));
+        CHECK(worst <= 1e-5 * (1 + n), "fp32 panels %d x %d: off the reference by %g", d, n, worst);
+        CHECK(memcmp(one, all, (size_t)MAXB * d * sizeof(float)) == 0,
+              "fp32 panels %d x %d: a token's results depend on the tokens beside it", d, n);
+        free(w), free(panels), free(x), free(ref), free(one), free(all);
+    }
+    Tensor odd = {NULL, 0, 40, 16, 0, NULL};
+    CHECK(!packable(&odd), "fp32 rows not a multiple of 16: no panels");
+#endif
+}
+
 // Prefill (many positions in one pass) and batches (many sequences in one pass) compute exactly
 // what one bl_forward per token computes: same logits, same KV cache, same stories.
 static void test_prefill_and_batch(const char *ckpt) {
@@ -744,6 +775,7 @@ int main(void) {
     test_expf_bits();
     test_attention_head();
     test_q8_panels();
+    test_f32_panels();
     test_topp_matches_llama2c();
     test_prefill_and_batch(tmp_path("v1.bin"));
     test_prefill_and_batch(tmp_path("v2.bin"));
