@@ -27,6 +27,7 @@
  *     make && ./run model.bin -z tokenizer.bin -i "Once upon a time"
  */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE  // and madvise, where the C library has it
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -613,8 +614,19 @@ static void exp_chunk(void *arg, int c) {
     exp_shifted_fast(t->x + (size_t)c * t->chunk, end - c * t->chunk, t->max);
 }
 
+// Drop the mapped file's pages inside [p, p + n) from this process's memory: the kernels no longer
+// read them (were they read, they would come back from the file).
+static void release(const char *p, size_t n) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)p + page - 1) / page * page;
+    uintptr_t b = ((uintptr_t)p + n) / page * page;
+#ifdef MADV_DONTNEED
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+#endif
+}
+
 // The fast build's kernels read the matrices they can take (packable) repacked into panels: one
-// copy of each, made here at load time. Without memory for it, the file's layout serves.
+// copy of each, made here at load time (the file's pages are then released: the memory used stays
+// about the file's size). Without memory for the copy, the file's layout serves.
 static void pack_weights(bl_model *m) {
 #ifdef BL_PANELS
     Weights *w = &m->w;
@@ -635,6 +647,7 @@ static void pack_weights(bl_model *m) {
         }
         t->panels = m->packed + at;
         at += (size_t)t->stride * (size_t)layers[k];
+        if (t->p != w->tok_emb.p) release(t->p, (size_t)t->stride * (size_t)layers[k]);
     }
 #else
     (void)m;  // the reference kernels read the file's layout
