@@ -1294,11 +1294,13 @@ static ProbIndex *sort_desc(ProbIndex *pi, ProbIndex *tmp, int n) {
     while (bits < 32 && (hi - lo) >> bits) bits++;
     int passes = (bits + 10) / 11, width = passes ? (bits + passes - 1) / passes : 0, mask = (1 << width) - 1;
     int count[3][2048 + 1] = {{0}};
-    for (int i = 0; i < n; i++) {  // all 3 digits, used or not: a fixed count unrolls (1.5x faster)
+    for (int i = 0; i < n; i++) {
         uint32_t k = desc_key(pi[i].prob) - lo;
         count[0][(k & mask) + 1]++;
-        count[1][(k >> width & mask) + 1]++;
-        count[2][(k >> 2 * width & mask) + 1]++;
+        // the digits of the other passes, only where they exist: an unused digit is 0 for every
+        // item, and n increments of one counter wait on each other (1.8x slower)
+        if (passes > 1) count[1][(k >> width & mask) + 1]++;
+        if (passes > 2) count[2][(k >> 2 * width & mask) + 1]++;
     }
     for (int p = 0; p < passes; p++) {
         int *c = count[p];
