@@ -614,6 +614,7 @@ static void exp_chunk(void *arg, int c) {
     exp_shifted_fast(t->x + (size_t)c * t->chunk, end - c * t->chunk, t->max);
 }
 
+#ifdef BL_PANELS
 // Drop the mapped file's pages inside [p, p + n) from this process's memory: the kernels no longer
 // read them (were they read, they would come back from the file).
 static void release(const char *p, size_t n) {
@@ -623,6 +624,7 @@ static void release(const char *p, size_t n) {
     if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
 #endif
 }
+#endif
 
 // The fast build's kernels read the matrices they can take (packable) repacked into panels: one
 // copy of each, made here at load time (the file's pages are then released: the memory used stays

@@ -10,13 +10,15 @@ memory read bandwidth and fp32 FMA peak, 1 and 2 threads). Then, for random-weig
 llama2.c's stories15M, stories42M and stories110M shapes (vocab 32000), exported by export.py as
 version 1 (fp32) and version 2 (int8 groups of 64, or the largest size that divides the widths),
 bench/speed.c (the engine through babyllama.h, OMP_NUM_THREADS=--threads) measures:
-- decode tok/s: bl_forward + bl_sample (t=1, top-p 0.9) one token at a time, as ./run does;
+- decode tok/s: bl_forward + bl_sample one token at a time, as ./run does, with t=1 and top-p
+  off: llama2.c's `-t 1.0 -p 1.0`, the setting of the llama2.c figures in issue 4 (and the same
+  with top-p 0.9, ./run's default, in its own column); the median of --engine_runs runs;
   GB/s = the weight bytes read per token x tok/s; % floor = tok/s / (read bandwidth / weight bytes),
   decoding one stream reads every weight once per token, so that is its speed limit;
 - the same decode with run.c's portable reference kernels (`-DBL_REFERENCE`, built in this run
   with the same flags): "ref" and the speedup over it;
 - prefill tok/s: a 200-token prompt in one bl_prefill (best of 3), and its ratio to decode;
-- batch: bl_generate_batch of 1 and of --batch stories (t=1, top-p 0.9): new tokens of all
+- batch: bl_generate_batch of 1 and of --batch stories (t=1, top-p off): new tokens of all
   stories per second, and the ratio.
 Then: 2 threads against 1 (110M fp32 decode), a build without OpenMP against the OpenMP build on
 one thread (15M fp32), and what top-p costs per token (bench/topp.c) beside a 15M token's time.
@@ -162,12 +164,14 @@ def run_json(cmd, threads, timeout=900):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def speed(binary, model, shape, threads, batch, prefill=200):
+def speed(binary, model, shape, threads, batch, prefill=200, runs=1):
+    """bench/speed.c's rates; with runs > 1, the median of each over that many runs."""
     steps, new = TOKENS[shape]
-    return run_json([ROOT / "build" / binary, model, steps, prefill, batch, new], threads)
+    got = [run_json([ROOT / "build" / binary, model, steps, prefill, batch, new], threads) for _ in range(runs)]
+    return {k: statistics.median(g[k] for g in got) for k in got[0]}
 
 
-def engine_table(shapes, models, threads, batch):
+def engine_table(shapes, models, threads, batch, runs):
     build(["build/machine", "build/speed", "build/speed_ref", "build/speed_serial", "build/topp"])
     one = run_json([ROOT / "build" / "machine"], 1)
     many = run_json([ROOT / "build" / "machine"], threads)
@@ -175,10 +179,12 @@ def engine_table(shapes, models, threads, batch):
     print(f"# machine: memory read {one['read_gbs']:.1f} GB/s (1 thread), {bw:.1f} GB/s ({threads} threads); "
           f"fp32 FMA peak {one['fma_gflops']:.0f} GFLOP/s (1 thread), {many['fma_gflops']:.0f} GFLOP/s "
           f"({threads} threads)")
-    print(f"# engine: {threads} threads; decode from BOS with t=1.0, top-p 0.9; floor = read bandwidth / "
-          f"weight bytes; ref = run.c's reference kernels (-DBL_REFERENCE); prefill = a 200-token "
-          f"prompt in one pass; batch = {batch} stories at once vs 1 (aggregate new tok/s)")
-    head = ("| model | format | weights MB | decode tok/s | GB/s | % floor | ref tok/s | speedup | "
+    print(f"# engine: {threads} threads, median of {runs} runs; decode from BOS with t=1.0 and top-p off "
+          f"(llama2.c's -t 1.0 -p 1.0, as in issue 4's figures), and with top-p 0.9 (./run's default); "
+          f"floor = read bandwidth / weight bytes; ref = run.c's reference kernels (-DBL_REFERENCE); "
+          f"prefill = a 200-token prompt in one pass; batch = {batch} stories at once vs 1 (aggregate new "
+          f"tok/s, t=1.0, top-p off)")
+    head = ("| model | format | weights MB | decode tok/s | GB/s | % floor | top-p 0.9 tok/s | ref tok/s | speedup | "
             f"prefill tok/s | prefill/decode | batch 1 tok/s | batch {batch} tok/s | batch gain |")
     print(head)
     print("|" + "|".join("---" for _ in head.split("|")[1:-1]) + "|")
@@ -187,21 +193,21 @@ def engine_table(shapes, models, threads, batch):
         for fmt in ("fp32", "int8"):
             model = models[(shape, fmt)]
             mb = model.stat().st_size / 1e6
-            fast = speed("speed", model, shape, threads, batch)
+            fast = speed("speed", model, shape, threads, batch, runs=runs)
             ref = speed("speed_ref", model, shape, threads, batch)
             d = decode[(shape, fmt)] = fast["decode"]
             floor = bw * 1e3 / mb
             print(f"| stories{shape} | {fmt} | {mb:.0f} | {d:.1f} | {d * mb / 1e3:.1f} | {100 * d / floor:.0f}% | "
-                  f"{ref['decode']:.1f} | {d / ref['decode']:.2f}x | {fast['prefill']:.0f} | "
+                  f"{fast['decode_topp']:.1f} | {ref['decode']:.1f} | {d / ref['decode']:.2f}x | {fast['prefill']:.0f} | "
                   f"{fast['prefill'] / d:.1f}x | {fast['batch1']:.1f} | {fast['batchN']:.0f} | "
                   f"{fast['batchN'] / fast['batch1']:.1f}x |", flush=True)
-            print(f"|   reference kernels |  |  | {ref['decode']:.1f} |  |  |  |  | {ref['prefill']:.0f} | "
-                  f"{ref['prefill'] / ref['decode']:.1f}x | {ref['batch1']:.1f} | {ref['batchN']:.0f} | "
-                  f"{ref['batchN'] / ref['batch1']:.1f}x |", flush=True)
+            print(f"|   reference kernels |  |  | {ref['decode']:.1f} |  |  | {ref['decode_topp']:.1f} |  |  | "
+                  f"{ref['prefill']:.0f} | {ref['prefill'] / ref['decode']:.1f}x | {ref['batch1']:.1f} | "
+                  f"{ref['batchN']:.0f} | {ref['batchN'] / ref['batch1']:.1f}x |", flush=True)
     big = "110M" if "110M" in shapes else shapes[-1]
-    t1 = speed("speed", models[(big, "fp32")], big, 1, 0, prefill=0)["decode"]
+    t1 = speed("speed", models[(big, "fp32")], big, 1, 0, prefill=0, runs=runs)["decode"]
     print(f"# threads: stories{big} fp32 decode {t1:.1f} tok/s on 1 thread, {decode[(big, 'fp32')]:.1f} on "
-          f"{threads}: {decode[(big, 'fp32')] / t1:.2f}x")
+          f"{threads}: {decode[(big, 'fp32')] / t1:.2f}x (memory read bandwidth: {bw / one['read_gbs']:.2f}x)")
     small = "15M" if "15M" in shapes else shapes[0]
     omp1 = speed("speed", models[(small, "fp32")], small, 1, 0, prefill=0)["decode"]
     serial = speed("speed_serial", models[(small, "fp32")], small, 1, 0, prefill=0)["decode"]
@@ -223,6 +229,7 @@ def main():
     ap.add_argument("--shapes", default="15M,42M,110M", help="comma separated: 15M, 42M, 110M")
     ap.add_argument("--engine_threads", type=int, default=2, help="threads for the engine table")
     ap.add_argument("--batch", type=int, default=32, help="stories at once for the batch columns")
+    ap.add_argument("--engine_runs", type=int, default=3, help="runs of each fast-kernel cell; the median is shown")
     ap.add_argument("--compare", action="store_true",
                     help="also the ./run / bindings / PyTorch table (1 and 2 threads; minutes more)")
     ap.add_argument("--threads", default="1,2", help="comma separated thread counts (--compare)")
@@ -248,14 +255,14 @@ def main():
     for s in shapes:
         if s not in SHAPES:
             sys.exit(f"error: --shapes: unknown shape {s!r} (known: {', '.join(SHAPES)})")
-    if args.engine_threads < 1 or args.batch < 2:
-        sys.exit("error: --engine_threads must be >= 1 and --batch >= 2")
+    if args.engine_threads < 1 or args.batch < 2 or args.engine_runs < 1:
+        sys.exit("error: --engine_threads and --engine_runs must be >= 1, --batch >= 2")
     work = Path(args.work)
     models = make_models(work, shapes)
     load = os.getloadavg()
     print(f"# {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     t_start = time.time()
-    engine_table(shapes, models, args.engine_threads, args.batch)
+    engine_table(shapes, models, args.engine_threads, args.batch, args.engine_runs)
     if args.compare:
         compare_table(args, shapes, models, work)
     load = os.getloadavg()

@@ -5,11 +5,13 @@
  *     OMP_NUM_THREADS=2 ./build/speed model.bin [decode_tokens prefill_tokens batch new_tokens]
  *
  * Prints one JSON line of tokens per second:
- *   decode   bl_forward + bl_sample (temperature 1, top-p 0.9) from BOS, as ./run's loop, timed
- *            after the first position (decode_tokens positions, default 128);
+ *   decode   bl_forward + bl_sample (temperature 1, top-p off: llama2.c's `-t 1.0 -p 1.0`, the
+ *            setting of issue 4's llama2.c figures) from BOS, as ./run's loop, timed after the
+ *            first position (decode_tokens positions, default 128);
+ *   decode_topp  the same with top-p 0.9 (./run's default);
  *   prefill  bl_prefill of a prompt of prefill_tokens ids (default 200) at once: the best of 3;
  *   batch1, batchN   bl_generate_batch of 1 and of `batch` stories (default 32) from BOS,
- *            new_tokens each (default 32): new tokens of all stories / time.
+ *            new_tokens each (default 32), temperature 1, top-p off: new tokens of all stories / time.
  * It checks nothing (the tests do).
  */
 #define BABYLLAMA_NO_MAIN
@@ -26,11 +28,11 @@ static void die(const char *what, const char *err) {
     exit(1);
 }
 
-static double time_decode(bl_model *m, int steps) {
+static double time_decode(bl_model *m, int steps, float top_p) {
     char err[BL_ERRLEN];
     bl_state *s = NULL;
     bl_sampler *smp = NULL;
-    if (bl_state_new(m, &s, err, sizeof err) || bl_sampler_new(m->cfg.vocab_size, 1.0f, 0.9f, 0, 42, &smp, err, sizeof err))
+    if (bl_state_new(m, &s, err, sizeof err) || bl_sampler_new(m->cfg.vocab_size, 1.0f, top_p, 0, 42, &smp, err, sizeof err))
         die("decode", err);
     double t0 = 0;
     int token = 1, pos = 0;
@@ -70,7 +72,7 @@ static double time_batch(bl_model *m, int n, int max_new) {
     unsigned long long *seeds = malloc((size_t)n * sizeof *seeds);
     for (int i = 0; i < n; i++) prompts[i] = bos, lens[i] = 1, seeds[i] = 42 + (unsigned long long)i;
     double t0 = now_s();
-    if (bl_generate_batch(m, n, prompts, lens, max_new, 1.0f, 0.9f, 0, seeds, tokens, n_tokens, err, sizeof err))
+    if (bl_generate_batch(m, n, prompts, lens, max_new, 1.0f, 1.0f, 0, seeds, tokens, n_tokens, err, sizeof err))
         die("batch", err);
     double dt = now_s() - t0;
     long total = 0;
@@ -88,10 +90,12 @@ int main(int argc, char **argv) {
     if (bl_model_open(argv[1], NULL, &m, err, sizeof err)) die(argv[1], err);
     int ctx = m->cfg.seq_len;
     steps = steps < ctx ? steps : ctx, n_prefill = n_prefill < ctx ? n_prefill : ctx, max_new = max_new < ctx ? max_new : ctx;
-    time_decode(m, 8 < ctx ? 8 : ctx);  // page the weights in
-    double d = steps > 1 ? time_decode(m, steps) : 0, p = n_prefill > 0 ? time_prefill(m, n_prefill) : 0;
+    time_decode(m, 8 < ctx ? 8 : ctx, 1.0f);  // page the weights in
+    double d = steps > 1 ? time_decode(m, steps, 1.0f) : 0, dp = steps > 1 ? time_decode(m, steps, 0.9f) : 0;
+    double p = n_prefill > 0 ? time_prefill(m, n_prefill) : 0;
     double b1 = n_batch > 0 ? time_batch(m, 1, max_new) : 0, bn = n_batch > 0 ? time_batch(m, n_batch, max_new) : 0;
-    printf("{\"decode\": %.2f, \"prefill\": %.2f, \"batch1\": %.2f, \"batchN\": %.2f, \"batch\": %d}\n", d, p, b1, bn, n_batch);
+    printf("{\"decode\": %.2f, \"decode_topp\": %.2f, \"prefill\": %.2f, \"batch1\": %.2f, \"batchN\": %.2f, \"batch\": %d}\n",
+           d, dp, p, b1, bn, n_batch);
     bl_model_close(m);
     return 0;
 }
