@@ -786,17 +786,21 @@ static void matmul_block(void *arg, int k) {
 // one parallel loop over blocks of rows: one wake-up of the helpers for all of them. int8 weights
 // first quantize x per group, like llama2.c's runq. Which thread computes a row never changes its
 // value.
+// Row b of the pass's input, quantized for int8 weights (and its offsets for int8 panels).
+static void quantize_row(void *arg, int b) {
+    const MatTask *t = arg;
+    size_t at = (size_t)b * t->n, g = (size_t)b * (t->n / t->gs);
+    quantize_fast(t->s->xq + at, t->s->xs + g, t->x + at, t->n, t->gs);
+#ifdef BL_PANELS
+    q8_offsets(t->s->xo + g, t->s->xq + at, t->n, t->gs);
+#endif
+}
+
 static void matmuls(bl_state *s, int l, const float *x, int B, const MatJob *jobs, int n_jobs) {
     MatTask t = {s, x, jobs, l, B, jobs[0].w->cols, jobs[0].w->gs, n_jobs, {0}, {0}};
     int blocks = 0, threads = thread_count();
     long work = 0;
-    for (int b = 0; t.gs && b < B; b++) {
-        size_t at = (size_t)b * t.n, g = (size_t)b * (t.n / t.gs);
-        quantize_fast(s->xq + at, s->xs + g, x + at, t.n, t.gs);
-#ifdef BL_PANELS
-        q8_offsets(s->xo + g, s->xq + at, t.n, t.gs);
-#endif
-    }
+    if (t.gs) parallel_for(quantize_row, &t, B, 16L * B * t.n);  // a division, a rounding, ... per value
     for (int j = 0; j < n_jobs; j++) {
         t.first[j] = blocks;
         t.rows[j] = rows_per_item(jobs[j].w, threads);
@@ -857,6 +861,24 @@ static void attention(bl_state *s, int l, int B) {
     parallel_for(attention_head, &t, B * s->m->cfg.n_heads, work);
 }
 
+typedef struct {
+    float *o;
+    const float *x, *weight;
+    int n;
+} NormTask;
+
+static void norm_row(void *arg, int b) {
+    const NormTask *t = arg;
+    rmsnorm(t->o + (size_t)b * t->n, t->x + (size_t)b * t->n, t->weight, t->n);
+}
+
+// rmsnorm of B rows of n values; in parallel for a prompt or a batch (its sum is one chain of
+// dependent additions: weighed as 16 multiply-adds a value).
+static void rmsnorm_rows(float *o, const float *x, const float *weight, int n, int B) {
+    NormTask t = {o, x, weight, n};
+    parallel_for(norm_row, &t, B, 16L * B * n);
+}
+
 // One transformer block over the pass's B rows: attention then feed-forward, each added to the
 // residual stream.
 static void block(bl_state *s, int l, int B) {
@@ -864,7 +886,7 @@ static void block(bl_state *s, int l, int B) {
     const Weights *w = &s->m->w;
     size_t D = (size_t)p->dim, H = (size_t)p->hidden_dim, KV = (size_t)kv_dim(p);
     int hs = p->dim / p->n_heads;
-    for (int b = 0; b < B; b++) rmsnorm(s->xb + b * D, s->x + b * D, f32(&w->rms_att, l), (int)D);
+    rmsnorm_rows(s->xb, s->x, f32(&w->rms_att, l), (int)D, B);
     MatJob qkv[3] = {{s->q, &w->wq}, {s->k, &w->wk}, {s->v, &w->wv}};
     matmuls(s, l, s->xb, B, qkv, 3);
     for (int b = 0; b < B; b++) {  // rotate, then store this position's key and value in the cache
@@ -878,7 +900,7 @@ static void block(bl_state *s, int l, int B) {
     MatJob o[1] = {{s->xb2, &w->wo}};
     matmuls(s, l, s->xb, B, o, 1);
     add(s->x, s->xb2, B * D);
-    for (int b = 0; b < B; b++) rmsnorm(s->xb + b * D, s->x + b * D, f32(&w->rms_ffn, l), (int)D);
+    rmsnorm_rows(s->xb, s->x, f32(&w->rms_ffn, l), (int)D, B);
     MatJob up[2] = {{s->hb, &w->w1}, {s->hb2, &w->w3}};
     matmuls(s, l, s->xb, B, up, 2);
     swiglu_fast(s->hb, s->hb2, B * H);
@@ -902,7 +924,7 @@ static float *forward_rows(bl_state *s, int B, const int *tok, const int *pos, c
     }
     for (int l = 0; l < p->n_layers; l++) block(s, l, B);
     int first = all_logits ? 0 : B - 1;
-    for (int b = first; b < B; b++) rmsnorm(s->xb + (b - first) * D, s->x + b * D, f32(&m->w.rms_final, 0), (int)D);
+    rmsnorm_rows(s->xb, s->x + first * D, f32(&m->w.rms_final, 0), (int)D, B - first);
     MatJob cls[1] = {{s->logits, &m->w.wcls}};
     matmuls(s, 0, s->xb, B - first, cls, 1);
     return s->logits;
