@@ -912,16 +912,27 @@ static void block(bl_state *s, int l, int B) {
 // One pass: row b runs token tok[b] at position pos[b] of sequence seq[b], whose earlier positions
 // are in the KV cache (rows of one sequence in one pass must have consecutive positions, in
 // order). Returns the logits [B, V] (all_logits) or only the last row's (at s->logits).
+typedef struct {
+    bl_state *s;
+    const int *tok;
+} StartTask;
+
+// Row b's start: its token's embedding, and RoPE's cos and sin at its position.
+static void start_row(void *arg, int b) {
+    const StartTask *t = arg;
+    const bl_config *p = &t->s->m->cfg;
+    int hs = p->dim / p->n_heads;
+    embed(t->s->x + (size_t)b * p->dim, &t->s->m->w.tok_emb, t->tok[b]);
+    rope_table(t->s->rope + (size_t)b * hs, hs, t->s->pos[b]);
+}
+
 static float *forward_rows(bl_state *s, int B, const int *tok, const int *pos, const int *seq, int all_logits) {
     const bl_model *m = s->m;
     const bl_config *p = &m->cfg;
     size_t D = (size_t)p->dim;
-    int hs = p->dim / p->n_heads;
     s->pos = pos, s->seq = seq;
-    for (int b = 0; b < B; b++) {
-        embed(s->x + b * D, &m->w.tok_emb, tok[b]);
-        rope_table(s->rope + (size_t)b * hs, hs, pos[b]);
-    }
+    StartTask start = {s, tok};
+    parallel_for(start_row, &start, B, 64L * B * p->dim);  // powf, cosf, sinf per 2 values: weighed 64
     for (int l = 0; l < p->n_layers; l++) block(s, l, B);
     int first = all_logits ? 0 : B - 1;
     rmsnorm_rows(s->xb, s->x + first * D, f32(&m->w.rms_final, 0), (int)D, B - first);
