@@ -14,7 +14,9 @@ bench/speed.c (the engine through babyllama.h, OMP_NUM_THREADS=--threads) measur
   off: llama2.c's `-t 1.0 -p 1.0`, the setting of the llama2.c figures in issue 4 (and the same
   with top-p 0.9, ./run's default, in its own column); the median of --engine_runs runs;
   GB/s = the weight bytes read per token x tok/s; % floor = tok/s / (read bandwidth / weight bytes),
-  decoding one stream reads every weight once per token, so that is its speed limit;
+  decoding one stream reads every weight once per token, so that is its speed limit; the read
+  bandwidth is probed again just before each model ("probe GB/s"): on this VM it moves between
+  ~30 and ~58 GB/s from one minute to the next;
 - the same decode with run.c's portable reference kernels (`-DBL_REFERENCE`, built in this run
   with the same flags): "ref" and the speedup over it;
 - prefill tok/s: a 200-token prompt in one bl_prefill (best of 3), and its ratio to decode;
@@ -181,10 +183,11 @@ def engine_table(shapes, models, threads, batch, runs):
           f"({threads} threads)")
     print(f"# engine: {threads} threads, median of {runs} runs; decode from BOS with t=1.0 and top-p off "
           f"(llama2.c's -t 1.0 -p 1.0, as in issue 4's figures), and with top-p 0.9 (./run's default); "
-          f"floor = read bandwidth / weight bytes; ref = run.c's reference kernels (-DBL_REFERENCE); "
+          f"floor = read bandwidth / weight bytes, the bandwidth probed again just before each model (this VM's "
+          f"moves from minute to minute); ref = run.c's reference kernels (-DBL_REFERENCE); "
           f"prefill = a 200-token prompt in one pass; batch = {batch} stories at once vs 1 (aggregate new "
           f"tok/s, t=1.0, top-p off)")
-    head = ("| model | format | weights MB | decode tok/s | GB/s | % floor | top-p 0.9 tok/s | ref tok/s | speedup | "
+    head = ("| model | format | weights MB | probe GB/s | decode tok/s | GB/s | % floor | top-p 0.9 tok/s | ref tok/s | speedup | "
             f"prefill tok/s | prefill/decode | batch 1 tok/s | batch {batch} tok/s | batch gain |")
     print(head)
     print("|" + "|".join("---" for _ in head.split("|")[1:-1]) + "|")
@@ -193,15 +196,16 @@ def engine_table(shapes, models, threads, batch, runs):
         for fmt in ("fp32", "int8"):
             model = models[(shape, fmt)]
             mb = model.stat().st_size / 1e6
+            probe = run_json([ROOT / "build" / "machine"], threads)["read_gbs"]
             fast = speed("speed", model, shape, threads, batch, runs=runs)
             ref = speed("speed_ref", model, shape, threads, batch)
             d = decode[(shape, fmt)] = fast["decode"]
-            floor = bw * 1e3 / mb
-            print(f"| stories{shape} | {fmt} | {mb:.0f} | {d:.1f} | {d * mb / 1e3:.1f} | {100 * d / floor:.0f}% | "
+            floor = probe * 1e3 / mb
+            print(f"| stories{shape} | {fmt} | {mb:.0f} | {probe:.1f} | {d:.1f} | {d * mb / 1e3:.1f} | {100 * d / floor:.0f}% | "
                   f"{fast['decode_topp']:.1f} | {ref['decode']:.1f} | {d / ref['decode']:.2f}x | {fast['prefill']:.0f} | "
                   f"{fast['prefill'] / d:.1f}x | {fast['batch1']:.1f} | {fast['batchN']:.0f} | "
                   f"{fast['batchN'] / fast['batch1']:.1f}x |", flush=True)
-            print(f"|   reference kernels |  |  | {ref['decode']:.1f} |  |  | {ref['decode_topp']:.1f} |  |  | "
+            print(f"|   reference kernels |  |  |  | {ref['decode']:.1f} |  |  | {ref['decode_topp']:.1f} |  |  | "
                   f"{ref['prefill']:.0f} | {ref['prefill'] / ref['decode']:.1f}x | {ref['batch1']:.1f} | "
                   f"{ref['batchN']:.0f} | {ref['batchN'] / ref['batch1']:.1f}x |", flush=True)
     big = "110M" if "110M" in shapes else shapes[-1]
