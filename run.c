@@ -682,7 +682,9 @@ struct bl_state {
 
 static int kv_dim(const bl_config *p) { return p->n_kv_heads * (p->dim / p->n_heads); }
 
-#define PREFILL_ROWS 32  // rows per pass of bl_state_new's states: prompts go through 32 at a time
+#define PREFILL_ROWS 128  // rows per pass of bl_state_new's states: prompts go through 128 at a time
+                          // (a pass reads every weight once and wakes the helpers a dozen times per layer:
+                          // against 32 rows, 200-token prompts ran 1.1-1.4x faster)
 
 // A state for passes of up to `rows` rows over `n_seq` sequences of `n_pos` positions.
 static int state_new(const bl_model *m, int rows, int n_seq, int n_pos, bl_state **out, char *err, size_t errlen) {

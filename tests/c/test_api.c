@@ -721,6 +721,14 @@ static void test_prefill_and_batch(const char *ckpt) {
     float all[S * V];
     CHECK(bl_logits(many, ids, S, all, err, sizeof err) == BL_OK && memcmp(all, step, sizeof all) == 0,
           "%s: bl_logits differs from one bl_forward per position", ckpt);
+    bl_state *small = NULL;  // passes of 5 rows: a prompt of 12 goes through in 3
+    CHECK(state_new(m, 5, 1, S, &small, err, sizeof err) == BL_OK, "state of 5 rows: %s", err);
+    last = small ? bl_prefill(small, ids, S, 0) : NULL;
+    CHECK(last && memcmp(last, step + (S - 1) * V, V * sizeof(float)) == 0, "%s: prefill in passes of 5 rows differs", ckpt);
+    float parts[S * V];
+    CHECK(small && bl_logits(small, ids, S, parts, err, sizeof err) == BL_OK && memcmp(parts, step, sizeof parts) == 0,
+          "%s: bl_logits in passes of 5 rows differs from one bl_forward per position", ckpt);
+    bl_state_free(small);
     CHECK(bl_prefill(many, ids, 0, 0) == NULL && bl_prefill(many, ids, S, 1) == NULL, "prefill past the context must give NULL");
     int bad[2] = {1, V};
     CHECK(bl_prefill(many, bad, 2, 0) == NULL, "prefill of a token out of range must give NULL");
