@@ -15,8 +15,8 @@ bench/speed.c (the engine through babyllama.h, OMP_NUM_THREADS=--threads) measur
   with top-p 0.9, ./run's default, in its own column); the median of --engine_runs runs;
   GB/s = the weight bytes read per token x tok/s; % floor = tok/s / (read bandwidth / weight bytes),
   decoding one stream reads every weight once per token, so that is its speed limit; the read
-  bandwidth is probed again just before each model ("probe GB/s"): on this VM it moves between
-  ~30 and ~58 GB/s from one minute to the next;
+  bandwidth is probed again just before each run ("probe GB/s": the median of those probes): on
+  this VM it moves between ~30 and ~58 GB/s from one minute to the next;
 - the same decode with run.c's portable reference kernels (`-DBL_REFERENCE`, built in this run
   with the same flags): "ref" and the speedup over it;
 - prefill tok/s: a 200-token prompt in one bl_prefill (best of 3), and its ratio to decode;
@@ -166,10 +166,14 @@ def run_json(cmd, threads, timeout=900):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def speed(binary, model, shape, threads, batch, prefill=200, runs=1):
-    """bench/speed.c's rates; with runs > 1, the median of each over that many runs."""
+def speed(binary, model, shape, threads, batch, prefill=200, runs=1, probe=False):
+    """bench/speed.c's rates; with runs > 1, the median of each over that many runs. probe: each run
+    after a read-bandwidth probe (bench/machine.c), whose median comes back as "probe"."""
     steps, new = TOKENS[shape]
-    got = [run_json([ROOT / "build" / binary, model, steps, prefill, batch, new], threads) for _ in range(runs)]
+    got = []
+    for _ in range(runs):
+        bw = {"probe": run_json([ROOT / "build" / "machine"], threads)["read_gbs"]} if probe else {}
+        got.append({**bw, **run_json([ROOT / "build" / binary, model, steps, prefill, batch, new], threads)})
     return {k: statistics.median(g[k] for g in got) for k in got[0]}
 
 
@@ -183,8 +187,8 @@ def engine_table(shapes, models, threads, batch, runs):
           f"({threads} threads)")
     print(f"# engine: {threads} threads, median of {runs} runs; decode from BOS with t=1.0 and top-p off "
           f"(llama2.c's -t 1.0 -p 1.0, as in issue 4's figures), and with top-p 0.9 (./run's default); "
-          f"floor = read bandwidth / weight bytes, the bandwidth probed again just before each model (this VM's "
-          f"moves from minute to minute); ref = run.c's reference kernels (-DBL_REFERENCE); "
+          f"floor = read bandwidth / weight bytes, the bandwidth probed again just before each run (this VM's "
+          f"moves from minute to minute; the median probe of a model's runs is shown); ref = run.c's reference kernels (-DBL_REFERENCE); "
           f"prefill = a 200-token prompt in one pass; batch = {batch} stories at once vs 1 (aggregate new "
           f"tok/s, t=1.0, top-p off)")
     head = ("| model | format | weights MB | probe GB/s | decode tok/s | GB/s | % floor | top-p 0.9 tok/s | ref tok/s | speedup | "
@@ -196,8 +200,8 @@ def engine_table(shapes, models, threads, batch, runs):
         for fmt in ("fp32", "int8"):
             model = models[(shape, fmt)]
             mb = model.stat().st_size / 1e6
-            probe = run_json([ROOT / "build" / "machine"], threads)["read_gbs"]
-            fast = speed("speed", model, shape, threads, batch, runs=runs)
+            fast = speed("speed", model, shape, threads, batch, runs=runs, probe=True)
+            probe = fast["probe"]
             ref = speed("speed_ref", model, shape, threads, batch)
             d = decode[(shape, fmt)] = fast["decode"]
             floor = probe * 1e3 / mb
