@@ -18,7 +18,7 @@ bench/speed.c (the engine through babyllama.h, OMP_NUM_THREADS=--threads) measur
   bandwidth is probed again just before each run ("probe GB/s": the median of those probes): on
   this VM it moves between ~30 and ~58 GB/s from one minute to the next;
 - the same decode with run.c's portable reference kernels (`-DBL_REFERENCE`, built in this run
-  with the same flags): "ref" and the speedup over it;
+  with the same flags, run in turn with the fast build): "ref" and the speedup over it;
 - prefill tok/s: a 200-token prompt in one bl_prefill (best of 3), and its ratio to decode;
 - batch: bl_generate_batch of 1 and of --batch stories (t=1, top-p off): new tokens of all
   stories per second, and the ratio.
@@ -166,15 +166,27 @@ def run_json(cmd, threads, timeout=900):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def speed(binary, model, shape, threads, batch, prefill=200, runs=1, probe=False):
-    """bench/speed.c's rates; with runs > 1, the median of each over that many runs. probe: each run
-    after a read-bandwidth probe (bench/machine.c), whose median comes back as "probe"."""
+def speed(binary, model, shape, threads, batch, prefill=200, runs=1):
+    """bench/speed.c's rates; with runs > 1, the median of each over that many runs."""
+    return speeds([binary], model, shape, threads, batch, prefill, runs)[binary]
+
+
+def speeds(binaries, model, shape, threads, batch, prefill=200, runs=1, probe=False):
+    """{binary: bench/speed.c's rates}, the binaries run in turn (side by side), `runs` times, the
+    median of each rate. probe: a read-bandwidth probe (bench/machine.c) before each round, whose
+    median comes back as binaries[0]'s "probe"."""
     steps, new = TOKENS[shape]
-    got = []
+    got = {b: [] for b in binaries}
+    probes = []
     for _ in range(runs):
-        bw = {"probe": run_json([ROOT / "build" / "machine"], threads)["read_gbs"]} if probe else {}
-        got.append({**bw, **run_json([ROOT / "build" / binary, model, steps, prefill, batch, new], threads)})
-    return {k: statistics.median(g[k] for g in got) for k in got[0]}
+        if probe:
+            probes.append(run_json([ROOT / "build" / "machine"], threads)["read_gbs"])
+        for b in binaries:
+            got[b].append(run_json([ROOT / "build" / b, model, steps, prefill, batch, new], threads))
+    out = {b: {k: statistics.median(g[k] for g in got[b]) for k in got[b][0]} for b in binaries}
+    if probe:
+        out[binaries[0]]["probe"] = statistics.median(probes)
+    return out
 
 
 def engine_table(shapes, models, threads, batch, runs):
@@ -185,7 +197,7 @@ def engine_table(shapes, models, threads, batch, runs):
     print(f"# machine: memory read {one['read_gbs']:.1f} GB/s (1 thread), {bw:.1f} GB/s ({threads} threads); "
           f"fp32 FMA peak {one['fma_gflops']:.0f} GFLOP/s (1 thread), {many['fma_gflops']:.0f} GFLOP/s "
           f"({threads} threads)")
-    print(f"# engine: {threads} threads, median of {runs} runs; decode from BOS with t=1.0 and top-p off "
+    print(f"# engine: {threads} threads, median of {runs} runs (fast and reference builds in turn); decode from BOS with t=1.0 and top-p off "
           f"(llama2.c's -t 1.0 -p 1.0, as in issue 4's figures), and with top-p 0.9 (./run's default); "
           f"floor = read bandwidth / weight bytes, the bandwidth probed again just before each run (this VM's "
           f"moves from minute to minute; the median probe of a model's runs is shown); ref = run.c's reference kernels (-DBL_REFERENCE); "
@@ -200,9 +212,9 @@ def engine_table(shapes, models, threads, batch, runs):
         for fmt in ("fp32", "int8"):
             model = models[(shape, fmt)]
             mb = model.stat().st_size / 1e6
-            fast = speed("speed", model, shape, threads, batch, runs=runs, probe=True)
+            both = speeds(["speed", "speed_ref"], model, shape, threads, batch, runs=runs, probe=True)
+            fast, ref = both["speed"], both["speed_ref"]
             probe = fast["probe"]
-            ref = speed("speed_ref", model, shape, threads, batch)
             d = decode[(shape, fmt)] = fast["decode"]
             floor = probe * 1e3 / mb
             print(f"| stories{shape} | {fmt} | {mb:.0f} | {probe:.1f} | {d:.1f} | {d * mb / 1e3:.1f} | {100 * d / floor:.0f}% | "
@@ -237,7 +249,7 @@ def main():
     ap.add_argument("--shapes", default="15M,42M,110M", help="comma separated: 15M, 42M, 110M")
     ap.add_argument("--engine_threads", type=int, default=2, help="threads for the engine table")
     ap.add_argument("--batch", type=int, default=32, help="stories at once for the batch columns")
-    ap.add_argument("--engine_runs", type=int, default=3, help="runs of each fast-kernel cell; the median is shown")
+    ap.add_argument("--engine_runs", type=int, default=3, help="runs of each cell (fast and reference builds in turn); the median is shown")
     ap.add_argument("--compare", action="store_true",
                     help="also the ./run / bindings / PyTorch table (1 and 2 threads; minutes more)")
     ap.add_argument("--threads", default="1,2", help="comma separated thread counts (--compare)")
