@@ -685,6 +685,8 @@ static int kv_dim(const bl_config *p) { return p->n_kv_heads * (p->dim / p->n_he
 #define PREFILL_ROWS 128  // rows per pass of bl_state_new's states: prompts go through 128 at a time
                           // (a pass reads every weight once and wakes the helpers a dozen times per layer:
                           // against 32 rows, 200-token prompts ran 1.1-1.4x faster)
+#define PREFILL_SCRATCH (64u << 20)  // ... or fewer, so that their attention weights and logits
+                                     // (per row: n_heads x seq_len + vocab_size floats) fit in 64 MB
 
 // A state for passes of up to `rows` rows over `n_seq` sequences of `n_pos` positions.
 static int state_new(const bl_model *m, int rows, int n_seq, int n_pos, bl_state **out, char *err, size_t errlen) {
@@ -723,8 +725,11 @@ static int state_new(const bl_model *m, int rows, int n_seq, int n_pos, bl_state
 int bl_state_new(const bl_model *m, bl_state **out, char *err, size_t errlen) {
     if (!out || !m) return fail(err, errlen, BL_ERR_ARG, "bl_state_new: NULL argument");
     *out = NULL;
-    int rows = m->cfg.seq_len < PREFILL_ROWS ? m->cfg.seq_len : PREFILL_ROWS;
-    return state_new(m, rows, 1, m->cfg.seq_len, out, err, errlen);
+    const bl_config *p = &m->cfg;
+    int rows = p->seq_len < PREFILL_ROWS ? p->seq_len : PREFILL_ROWS;
+    size_t per_row = ((size_t)p->n_heads * (size_t)p->seq_len + (size_t)p->vocab_size) * sizeof(float);
+    if ((size_t)rows * per_row > PREFILL_SCRATCH) rows = PREFILL_SCRATCH / per_row > 1 ? (int)(PREFILL_SCRATCH / per_row) : 1;
+    return state_new(m, rows, 1, p->seq_len, out, err, errlen);
 }
 
 void bl_state_free(bl_state *s) {
