@@ -626,30 +626,47 @@ static void release(const char *p, size_t n) {
 }
 #endif
 
+#ifdef BL_PANELS
+// The matrices pack_weights repacks, each layer an item of a parallel loop.
+typedef struct {
+    Tensor *mats[8];
+    int layers[8], first[9];  // mats[k]'s layers are items first[k] .. first[k + 1] - 1
+    char *dst[8];             // where mats[k]'s panels go
+} PackTask;
+
+static void pack_item(void *arg, int item) {
+    const PackTask *t = arg;
+    int k = 0;
+    while (t->first[k + 1] <= item) k++;
+    const Tensor *w = t->mats[k];
+    size_t at = (size_t)(item - t->first[k]) * w->stride;
+    if (w->gs) pack_panels(t->dst[k] + at, w->p + at, w->rows, w->cols, w->gs);
+    else pack_panels_f32((float *)(void *)(t->dst[k] + at), (const float *)(const void *)(w->p + at), w->rows, w->cols);
+}
+#endif
+
 // The fast build's kernels read the matrices they can take (packable) repacked into panels: one
-// copy of each, made here at load time (the file's pages are then released: the memory used stays
-// about the file's size). Without memory for the copy, the file's layout serves.
+// copy of each, made here at load time, a layer per item on the thread pool (the file's pages are
+// then released: the memory used stays about the file's size). Without memory for the copy, the
+// file's layout serves.
 static void pack_weights(bl_model *m) {
 #ifdef BL_PANELS
     Weights *w = &m->w;
     int L = m->cfg.n_layers;
-    Tensor *mats[8] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3, &w->wcls};
-    int layers[8] = {L, L, L, L, L, L, L, 1};
-    size_t total = 0, at = 0;
-    for (int k = 0; k < 8; k++) total += packable(mats[k]) ? (size_t)mats[k]->stride * (size_t)layers[k] : 0;
-    if (total == 0 || !(m->packed = aligned_alloc(64, (total + 63) / 64 * 64))) return;
+    PackTask t = {{&w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3, &w->wcls}, {L, L, L, L, L, L, L, 1}, {0}, {0}};
+    size_t total = 0;
     for (int k = 0; k < 8; k++) {
-        Tensor *t = mats[k];
-        if (!packable(t)) continue;
-        for (int l = 0; l < layers[k]; l++) {
-            char *dst = m->packed + at + (size_t)l * t->stride;
-            const char *src = t->p + (size_t)l * t->stride;
-            if (t->gs) pack_panels(dst, src, t->rows, t->cols, t->gs);
-            else pack_panels_f32((float *)(void *)dst, (const float *)(const void *)src, t->rows, t->cols);
-        }
-        t->panels = m->packed + at;
-        at += (size_t)t->stride * (size_t)layers[k];
-        if (t->p != w->tok_emb.p) release(t->p, (size_t)t->stride * (size_t)layers[k]);
+        if (!packable(t.mats[k])) t.layers[k] = 0;
+        t.first[k + 1] = t.first[k] + t.layers[k];
+        total += (size_t)t.mats[k]->stride * (size_t)t.layers[k];
+    }
+    if (total == 0 || !(m->packed = aligned_alloc(64, (total + 63) / 64 * 64))) return;
+    for (size_t k = 0, at = 0; k < 8; at += (size_t)t.mats[k]->stride * (size_t)t.layers[k], k++) t.dst[k] = m->packed + at;
+    parallel_for(pack_item, &t, t.first[8], (long)(total / 4));
+    for (int k = 0; k < 8; k++) {
+        if (!t.layers[k]) continue;
+        t.mats[k]->panels = t.dst[k];
+        if (t.mats[k]->p != w->tok_emb.p) release(t.mats[k]->p, (size_t)t.mats[k]->stride * (size_t)t.layers[k]);
     }
 #else
     (void)m;  // the reference kernels read the file's layout
