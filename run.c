@@ -624,14 +624,13 @@ static void release(const char *p, size_t n) {
     if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
 #endif
 }
-#endif
 
-#ifdef BL_PANELS
 // The matrices pack_weights repacks, each layer an item of a parallel loop.
 typedef struct {
     Tensor *mats[8];
     int layers[8], first[9];  // mats[k]'s layers are items first[k] .. first[k + 1] - 1
     char *dst[8];             // where mats[k]'s panels go
+    const char *keep;         // the embedding table, whose file pages embed() still reads
 } PackTask;
 
 static void pack_item(void *arg, int item) {
@@ -642,6 +641,7 @@ static void pack_item(void *arg, int item) {
     size_t at = (size_t)(item - t->first[k]) * w->stride;
     if (w->gs) pack_panels(t->dst[k] + at, w->p + at, w->rows, w->cols, w->gs);
     else pack_panels_f32((float *)(void *)(t->dst[k] + at), (const float *)(const void *)(w->p + at), w->rows, w->cols);
+    if (w->p != t->keep) release(w->p + at, w->stride);  // at once: the peak memory stays the file's size
 }
 #endif
 
@@ -653,7 +653,8 @@ static void pack_weights(bl_model *m) {
 #ifdef BL_PANELS
     Weights *w = &m->w;
     int L = m->cfg.n_layers;
-    PackTask t = {{&w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3, &w->wcls}, {L, L, L, L, L, L, L, 1}, {0}, {0}};
+    PackTask t = {{&w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3, &w->wcls}, {L, L, L, L, L, L, L, 1}, {0}, {0},
+                  w->tok_emb.p};
     size_t total = 0;
     for (int k = 0; k < 8; k++) {
         if (!packable(t.mats[k])) t.layers[k] = 0;
@@ -663,11 +664,8 @@ static void pack_weights(bl_model *m) {
     if (total == 0 || !(m->packed = aligned_alloc(64, (total + 63) / 64 * 64))) return;
     for (size_t k = 0, at = 0; k < 8; at += (size_t)t.mats[k]->stride * (size_t)t.layers[k], k++) t.dst[k] = m->packed + at;
     parallel_for(pack_item, &t, t.first[8], (long)(total / 4));
-    for (int k = 0; k < 8; k++) {
-        if (!t.layers[k]) continue;
-        t.mats[k]->panels = t.dst[k];
-        if (t.mats[k]->p != w->tok_emb.p) release(t.mats[k]->p, (size_t)t.mats[k]->stride * (size_t)t.layers[k]);
-    }
+    for (int k = 0; k < 8; k++)
+        if (t.layers[k]) t.mats[k]->panels = t.dst[k];
 #else
     (void)m;  // the reference kernels read the file's layout
 #endif
