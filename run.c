@@ -606,6 +606,7 @@ static void add(float *x, const float *y, size_t n) {
 #define swiglu_fast swiglu
 #define head_scores_fast head_scores
 #define head_values_fast head_values
+#define candidates_fast candidates
 #endif
 
 static void exp_chunk(void *arg, int c) {
@@ -1288,18 +1289,13 @@ int bl_decode(const bl_model *m, int prev, int token, const char **bytes) {
 // ----------------------------------------------------------------------------------------------
 // sampler: llama2.c's algorithms and random generator, plus top-k
 
-typedef struct {
-    float prob;
-    int index;
-} ProbIndex;
-
 struct bl_sampler {
     int vocab_size;
     float temperature, top_p;
     int top_k;               // 0: off
     unsigned long long rng;  // xorshift* state
-    ProbIndex *probindex;    // [vocab_size] scratch for top-p / top-k
-    ProbIndex *sorted;       // [vocab_size] the radix sort's other buffer
+    uint64_t *cand, *spare;  // [vocab_size] top-p / top-k candidates as words (candidate()); the sort's other buffer
+    float *cum;              // [vocab_size] the sorted candidates' probabilities, then their running sums
 };
 
 // xorshift*: the generator llama2.c uses, so one seed gives one story in both programs
@@ -1328,23 +1324,48 @@ static int sample_mult(const float *p, int n, float coin) {
     return n - 1;  // rounding left the total just below coin
 }
 
-// Sort key of a probability: for floats >= 0 the bits order like the values, so the complement
-// orders them descending.
-static uint32_t desc_key(float prob) {
+// A top-p / top-k candidate as one 64-bit word: a sort key above the token's index. For floats
+// >= 0 the bits order like the values, so their complement orders probabilities descending; the
+// probability comes back from the key (candidate_prob) and the index from the low half.
+static uint64_t candidate(float prob, int index) {
     uint32_t bits;
     memcpy(&bits, &prob, sizeof bits);
-    return ~bits;
+    return (uint64_t)~bits << 32 | (uint32_t)index;
 }
 
-// Sort pi[0..n) by descending probability; equal ones keep their order. That is the order
+static uint32_t candidate_key(uint64_t w) { return (uint32_t)(w >> 32); }
+static int candidate_index(uint64_t w) { return (int)(uint32_t)w; }
+
+static float candidate_prob(uint64_t w) {
+    uint32_t bits = ~candidate_key(w);
+    float prob;
+    memcpy(&prob, &bits, sizeof prob);
+    return prob;
+}
+
+// The tokens of p[0..n) whose probability is at least cutoff, as candidates in index order, into w;
+// returns how many. (run_simd.h's candidates_fast does 16 at a time.)
+#if defined(__GNUC__)
+__attribute__((unused))
+#endif
+static int candidates(uint64_t *w, const float *p, int n, float cutoff) {
+    int n0 = 0;
+    for (int i = 0; i < n; i++) {  // without a branch, which would mispredict on peaked distributions
+        w[n0] = candidate(p[i], i);
+        n0 += p[i] >= cutoff;
+    }
+    return n0;
+}
+
+// Sort w[0..n) by descending probability; equal ones keep their order. That is the order
 // llama2.c's qsort gives (glibc's qsort is a stable merge sort), in O(n) instead of O(n log n):
-// an LSD radix sort on the probabilities' bits, only over the bits in which they differ, in as
-// few passes of at most 11 bits as they need (2 passes of 9 bits for a flat distribution). One
-// read counts the digits of every pass at once. Returns pi or tmp, whichever holds the result.
-static ProbIndex *sort_desc(ProbIndex *pi, ProbIndex *tmp, int n) {
+// an LSD radix sort on the keys, only over the bits in which they differ, in as few passes of at
+// most 11 bits as they need (2 passes of 10 bits for a flat distribution). One read counts the
+// digits of every pass at once. Returns w or tmp, whichever holds the result.
+static uint64_t *sort_desc(uint64_t *w, uint64_t *tmp, int n) {
     uint32_t lo = UINT32_MAX, hi = 0;
     for (int i = 0; i < n; i++) {
-        uint32_t k = desc_key(pi[i].prob);
+        uint32_t k = candidate_key(w[i]);
         lo = k < lo ? k : lo, hi = k > hi ? k : hi;
     }
     int bits = 0;
@@ -1352,73 +1373,69 @@ static ProbIndex *sort_desc(ProbIndex *pi, ProbIndex *tmp, int n) {
     int passes = (bits + 10) / 11, width = passes ? (bits + passes - 1) / passes : 0, mask = (1 << width) - 1;
     int count[3][2048 + 1] = {{0}};
     for (int i = 0; i < n; i++) {
-        uint32_t k = desc_key(pi[i].prob) - lo;
+        uint32_t k = candidate_key(w[i]) - lo;
         count[0][(k & mask) + 1]++;
         // the digits of the other passes, only where they exist: an unused digit is 0 for every
-        // item, and n increments of one counter wait on each other (a flat top-p draw: 200 us
-        // instead of 186)
+        // item, and n increments of one counter wait on each other
         if (passes > 1) count[1][(k >> width & mask) + 1]++;
         if (passes > 2) count[2][(k >> 2 * width & mask) + 1]++;
     }
     for (int p = 0; p < passes; p++) {
         int *c = count[p];
         for (int d = 0; d < mask + 1; d++) c[d + 1] += c[d];
-        for (int i = 0; i < n; i++) tmp[c[(desc_key(pi[i].prob) - lo) >> (p * width) & mask]++] = pi[i];
-        ProbIndex *t = pi;
-        pi = tmp, tmp = t;
+        for (int i = 0; i < n; i++) tmp[c[(candidate_key(w[i]) - lo) >> (p * width) & mask]++] = w[i];
+        uint64_t *t = w;
+        w = tmp, tmp = t;
     }
-    return pi;
+    return w;
 }
 
-// Sample within the shortest prefix of pi (sorted, descending) whose mass exceeds top_p
-// (no cut for top_p outside (0, 1)), scaling the coin by that prefix's mass. llama2.c walks the
-// prefix twice; here the first walk leaves its running sums in pi[].prob (the second walk would add
-// the same terms in the same order, so they are its sums too), and a binary search finds the first
-// one above the coin: they never decrease.
-static int sample_prefix(ProbIndex *pi, int n, float top_p, float coin) {
-    float cum = 0.0f;
+// Sample within the shortest prefix of the sorted candidates w[0..n), whose probabilities are
+// cum[0..n), whose mass exceeds top_p (no cut for top_p outside (0, 1)), scaling the coin by that
+// prefix's mass. llama2.c walks the prefix twice; here the first walk leaves its running sums in
+// cum[] (the second walk would add the same terms in the same order, so they are its sums too),
+// and a binary search finds the first one above the coin: they never decrease.
+static int sample_prefix(const uint64_t *w, float *cum, int n, float top_p, float coin) {
+    float sum = 0.0f;
     int last = n - 1;
     for (int i = 0; i < n; i++) {
-        cum += pi[i].prob;
-        pi[i].prob = cum;
-        if (top_p > 0.0f && top_p < 1.0f && cum > top_p) {
+        sum += cum[i];
+        cum[i] = sum;
+        if (top_p > 0.0f && top_p < 1.0f && sum > top_p) {
             last = i;
             break;
         }
     }
-    float r = coin * cum;
-    int lo = 0, hi = last;  // the first i <= last with r < sum i, else last
+    float r = coin * sum;
+    int lo = 0, hi = last;  // the first i <= last with r < cum[i], else last
     while (lo < hi) {
         int mid = lo + (hi - lo) / 2;
-        if (r < pi[mid].prob) hi = mid;
+        if (r < cum[mid]) hi = mid;
         else lo = mid + 1;
     }
-    return pi[lo].index;
+    return candidate_index(w[lo]);
 }
 
 // llama2.c's top-p: drop candidates below (1 - top_p) / (n - 1) (they cannot be in the nucleus),
 // sort the rest by descending probability, sample within the nucleus.
 static int sample_topp(bl_sampler *s, const float *p, float coin) {
-    int n = s->vocab_size, n0 = 0;
-    float cutoff = (1.0f - s->top_p) / (float)(n - 1);
-    for (int i = 0; i < n; i++) {  // without a branch, which would mispredict on peaked distributions
-        s->probindex[n0] = (ProbIndex){p[i], i};
-        n0 += p[i] >= cutoff;
-    }
+    int n = s->vocab_size, n0 = candidates_fast(s->cand, p, n, (1.0f - s->top_p) / (float)(n - 1));
     if (n0 == 0) return argmax(p, n);  // only when p holds NaN (infinite logits)
-    return sample_prefix(sort_desc(s->probindex, s->sorted, n0), n0, s->top_p, coin);
+    uint64_t *w = sort_desc(s->cand, s->spare, n0);
+    for (int i = 0; i < n0; i++) s->cum[i] = candidate_prob(w[i]);
+    return sample_prefix(w, s->cum, n0, s->top_p, coin);
 }
 
 // Top-k: keep the k most probable, renormalize, then top-p within them (if on).
 static int sample_topk(bl_sampler *s, const float *p, float coin) {
-    int n = s->vocab_size, k = s->top_k < n ? s->top_k : n;
-    for (int i = 0; i < n; i++) s->probindex[i] = (ProbIndex){p[i], i};
-    ProbIndex *pi = sort_desc(s->probindex, s->sorted, n);
+    int n = candidates_fast(s->cand, p, s->vocab_size, 0.0f), k = s->top_k < n ? s->top_k : n;
+    if (n == 0) return argmax(p, s->vocab_size);  // NaN
+    uint64_t *w = sort_desc(s->cand, s->spare, n);
     float mass = 0.0f;
-    for (int i = 0; i < k; i++) mass += pi[i].prob;
-    if (!(mass > 0.0f)) return pi[0].index;
-    for (int i = 0; i < k; i++) pi[i].prob /= mass;
-    return sample_prefix(pi, k, s->top_p, coin);
+    for (int i = 0; i < k; i++) mass += candidate_prob(w[i]);
+    if (!(mass > 0.0f)) return candidate_index(w[0]);
+    for (int i = 0; i < k; i++) s->cum[i] = candidate_prob(w[i]) / mass;
+    return sample_prefix(w, s->cum, k, s->top_p, coin);
 }
 
 int bl_sampler_new(int vocab_size, float temperature, float top_p, int top_k,
@@ -1432,19 +1449,20 @@ int bl_sampler_new(int vocab_size, float temperature, float top_p, int top_k,
     if (top_k < 0) return fail(err, errlen, BL_ERR_ARG, "top_k %d: must be >= 0 (0: off)", top_k);
     if (seed == 0) return fail(err, errlen, BL_ERR_ARG, "seed 0: the generator needs a nonzero seed");
     bl_sampler *s = calloc(1, sizeof *s);
-    ProbIndex *pi = calloc((size_t)vocab_size, sizeof(ProbIndex)), *sorted = calloc((size_t)vocab_size, sizeof(ProbIndex));
-    if (!s || !pi || !sorted) {
-        free(s), free(pi), free(sorted);
+    uint64_t *cand = calloc((size_t)vocab_size, sizeof(uint64_t)), *spare = calloc((size_t)vocab_size, sizeof(uint64_t));
+    float *cum = calloc((size_t)vocab_size, sizeof(float));
+    if (!s || !cand || !spare || !cum) {
+        free(s), free(cand), free(spare), free(cum);
         return fail(err, errlen, BL_ERR_NOMEM, "out of memory for the sampler");
     }
-    *s = (bl_sampler){vocab_size, temperature, top_p, top_k, seed, pi, sorted};
+    *s = (bl_sampler){vocab_size, temperature, top_p, top_k, seed, cand, spare, cum};
     *out = s;
     return BL_OK;
 }
 
 void bl_sampler_free(bl_sampler *s) {
     if (!s) return;
-    free(s->probindex), free(s->sorted);
+    free(s->cand), free(s->spare), free(s->cum);
     free(s);
 }
 

@@ -470,7 +470,8 @@ static void test_threads(void) {
 // glibc): flat, peaked, tied and zero probabilities; checked against an insertion sort.
 static void test_sort_desc(void) {
     enum { N = 700 };
-    ProbIndex a[N], b[N], tmp[N];
+    uint64_t a[N], b[N], tmp[N];
+    int trips = 0;
     for (int trial = 0; trial < 4; trial++) {
         for (int i = 0; i < N; i++) {
             float r = rnd() + 0.5f;
@@ -478,21 +479,45 @@ static void test_sort_desc(void) {
                     : trial == 1 ? expf(20.0f * r) * 1e-9f       // peaked: many exponents
                     : trial == 2 ? (float)(i % 7) / 64.0f        // many exact ties, zeros
                     : (i % 3 ? r : 0.0f);
-            a[i] = b[i] = (ProbIndex){v, i};
+            a[i] = b[i] = candidate(v, i);
+            trips += candidate_prob(a[i]) == v && candidate_index(a[i]) == i;
         }
         for (int i = 1; i < N; i++)  // stable insertion sort, descending
-            for (int j = i; j > 0 && b[j - 1].prob < b[j].prob; j--) {
-                ProbIndex t = b[j];
+            for (int j = i; j > 0 && candidate_prob(b[j - 1]) < candidate_prob(b[j]); j--) {
+                uint64_t t = b[j];
                 b[j] = b[j - 1], b[j - 1] = t;
             }
-        ProbIndex *got = sort_desc(a, tmp, N);
-        int same = 1;
-        for (int i = 0; i < N; i++) same &= got[i].index == b[i].index && got[i].prob == b[i].prob;
-        CHECK(same, "sort_desc differs from a stable descending sort (case %d)", trial);
+        uint64_t *got = sort_desc(a, tmp, N);
+        CHECK(memcmp(got, b, sizeof b) == 0, "sort_desc differs from a stable descending sort (case %d)", trial);
     }
+    CHECK(trips == 4 * N, "%d of %d candidates give back another probability or index", 4 * N - trips, 4 * N);
+}
+
+// The vectorized filter of top-p's candidates (run_simd.h; the same function in other builds) keeps
+// the reference's tokens in the reference's order, for every length up to 40 (partial vectors),
+// cutoffs that keep none, some and all, and NaN.
+static void test_candidates(void) {
+    enum { N = 40 };
+    float p[N];
+    uint64_t want[N], got[N + 1];
+    int bad = 0;
+    for (int n = 0; n <= N; n++)
+        for (int c = 0; c < 4; c++) {
+            for (int i = 0; i < n; i++) p[i] = i % 11 == 3 ? NAN : rnd() + 0.5f;
+            float cutoff = c == 0 ? 0.0f : c == 1 ? 0.5f : c == 2 ? 0.8f : 2.0f;
+            got[n] = 12345;  // must survive: nothing is written past the kept words
+            int n1 = candidates(want, p, n, cutoff), n2 = candidates_fast(got, p, n, cutoff);
+            bad += n1 != n2 || memcmp(want, got, (size_t)n1 * sizeof want[0]) != 0 || got[n] != 12345;
+        }
+    CHECK(bad == 0, "candidates_fast differs from candidates in %d of %d cases", bad, 4 * (N + 1));
 }
 
 // llama2.c's sample_topp, verbatim in spirit: filter, stable sort, walk the prefix twice.
+typedef struct {
+    float prob;
+    int index;
+} ProbIndex;
+
 static int llama2c_topp(const float *p, int n, float top_p, float coin, ProbIndex *pi) {
     int n0 = 0;
     float cutoff = (1.0f - top_p) / (float)(n - 1);
@@ -779,6 +804,7 @@ int main(void) {
     test_sampler();
     test_threads();
     test_sort_desc();
+    test_candidates();
     test_quantize();
     test_expf_bits();
     test_attention_head();
