@@ -536,7 +536,7 @@ SIMD_INLINE __m512 expf16(__m512 v) {
     return _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1);
 }
 
-// x[i] = expf(x[i] - max) for i < n, with expf16 (unchecked: see exp_shifted_fast).
+// x[i] = expf(x[i] - max) for i < n, with expf16 (unchecked: see expf_check).
 static void exp_shifted_vector(float *x, int n, float max) {
     int i = 0;
     for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, expf16(_mm512_sub_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(max))));
@@ -570,10 +570,23 @@ static int expf_vector(void) {
     return expf_vector_ok;
 }
 
-// run.c's exp_shifted (x[i] = expf(x[i] - max)), bit for bit.
-static void exp_shifted_fast(float *x, int n, float max) {
-    if (expf_vector()) exp_shifted_vector(x, n, max);
-    else exp_shifted(x, n, max);
+// run.c's exp_sum, bit for bit: the exponentials 16 at a time (expf16), their sum still one
+// addition at a time in order (llama2.c's rounding). The additions wait on each other, about 3
+// cycles each; the next exponentials are computed meanwhile, so a vocabulary's softmax costs about
+// its chain of additions.
+static float exp_sum_fast(float *x, int n, float max) {
+    if (!expf_vector()) return exp_sum(x, n, max);
+    float sum = 0.0f;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        _mm512_storeu_ps(x + i, expf16(_mm512_sub_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(max))));
+        for (int j = i; j < i + 16; j++) sum += x[j];
+    }
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    return sum;
 }
 
 // run.c's swiglu, bit for bit: the same operations, 16 at a time.
@@ -606,6 +619,6 @@ static void rows_q8_fast(float *y, const int8_t *xq, const float *xs, const int8
 #else
 #define rows_q8_fast rows_q8
 #define quantize_fast quantize
-#define exp_shifted_fast exp_shifted
+#define exp_sum_fast exp_sum
 #define swiglu_fast swiglu
 #endif
