@@ -462,14 +462,18 @@ static void rmsnorm(float *o, const float *x, const float *weight, int n) {
     for (int j = 0; j < n; j++) o[j] = weight[j] * (ss * x[j]);
 }
 
-// x[i] = expf(x[i] - max); returns their sum, added one by one in order as llama2.c does
-static float exp_sum(float *x, int n, float max) {
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
+#define SAMPLE_ROWS 8  // rows whose softmaxes run side by side (stories of a batch)
+
+// Row r < R of x: x[r][i] = expf(x[r][i] - max[r]); sum[r] = their sum, added one by one in order
+// as llama2.c does.
+static void exp_sums(float *const *x, int R, int n, const float *max, float *sum) {
+    for (int r = 0; r < R; r++) {
+        sum[r] = 0.0f;
+        for (int i = 0; i < n; i++) {
+            x[r][i] = expf(x[r][i] - max[r]);
+            sum[r] += x[r][i];
+        }
     }
-    return sum;
 }
 
 // y[b, i] = W[i, :] . x[b, :] for rows i0 <= i < i1 of W[d, n] and the B rows of x[B, n] (fp32).
@@ -585,25 +589,37 @@ static void add(float *x, const float *y, size_t n) {
 #define rows_f32_fast rows_f32
 #define rows_q8_fast rows_q8
 #define quantize_fast quantize
-#define exp_sum_fast exp_sum
+#define exp_sums_fast exp_sums
 #define swiglu_fast swiglu
 #define head_scores_fast head_scores
 #define head_values_fast head_values
 #define candidates_fast candidates
 #endif
 
-// In place; subtracting the max keeps expf from overflowing. Bit for bit llama2.c's result, which
-// fixes libm's expf and the order of the sum; what may change without changing a bit is: the max
-// (vectorized), the expf calls (fast builds compute glibc's expf 16 at a time: exp_sum_fast), and
-// the divisions (vectorized).
-static void softmax(float *x, int n) {
+static float max_of(const float *x, int n) {
     float max = x[0];
     #pragma omp simd reduction(max:max)
     for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
-    float sum = exp_sum_fast(x, n, max);
-    #pragma omp simd
-    for (int i = 0; i < n; i++) x[i] /= sum;
+    return max;
 }
+
+// Softmax of R <= SAMPLE_ROWS rows of n values, in place; subtracting the max keeps expf from
+// overflowing. Bit for bit llama2.c's result, which fixes libm's expf and the order of each row's
+// sum; what may change without changing a bit is: the max (vectorized), the expf calls (fast builds
+// compute glibc's expf 16 at a time and overlap the rows' sums: exp_sums_fast), and the divisions
+// (vectorized).
+static void softmax_rows(float *const *x, int R, int n) {
+    float max[SAMPLE_ROWS] = {0}, sum[SAMPLE_ROWS] = {0};
+    for (int r = 0; r < R; r++) max[r] = max_of(x[r], n);
+    exp_sums_fast(x, R, n, max, sum);
+    for (int r = 0; r < R; r++) {
+        float *row = x[r], total = sum[r];
+        #pragma omp simd
+        for (int i = 0; i < n; i++) row[i] /= total;
+    }
+}
+
+static void softmax(float *x, int n) { softmax_rows(&x, 1, n); }
 
 #ifdef BL_PANELS
 // Drop the mapped file's pages inside [p, p + n) from this process's memory: the kernels no longer
@@ -1456,14 +1472,34 @@ void bl_sampler_free(bl_sampler *s) {
     free(s);
 }
 
+// Draw a token for each of R <= SAMPLE_ROWS rows of logits, row r with sampler s[r] (its
+// temperature, top-p, top-k and generator), into out[r]. The rows' softmaxes run side by side;
+// each row gets what bl_sample alone would give it.
+static void sample_rows(bl_sampler *const *s, float *const *logits, int R, int *out) {
+    float *probs[SAMPLE_ROWS] = {0};
+    int row[SAMPLE_ROWS] = {0}, m = 0, n = R ? s[0]->vocab_size : 0;
+    for (int r = 0; r < R; r++) {
+        if (s[r]->temperature == 0.0f) out[r] = argmax(logits[r], n);
+        else {
+            if (s[r]->temperature != 1.0f)  // x / 1 is x: skipping it changes no bit
+                for (int i = 0; i < n; i++) logits[r][i] /= s[r]->temperature;
+            probs[m] = logits[r], row[m++] = r;
+        }
+    }
+    softmax_rows(probs, m, n);
+    for (int k = 0; k < m; k++) {
+        bl_sampler *x = s[row[k]];
+        float coin = random_f32(&x->rng);
+        if (x->top_k > 0) out[row[k]] = sample_topk(x, probs[k], coin);
+        else if (x->top_p > 0.0f && x->top_p < 1.0f) out[row[k]] = sample_topp(x, probs[k], coin);
+        else out[row[k]] = sample_mult(probs[k], n, coin);
+    }
+}
+
 int bl_sample(bl_sampler *s, float *logits) {
-    if (s->temperature == 0.0f) return argmax(logits, s->vocab_size);
-    for (int i = 0; i < s->vocab_size; i++) logits[i] /= s->temperature;
-    softmax(logits, s->vocab_size);
-    float coin = random_f32(&s->rng);
-    if (s->top_k > 0) return sample_topk(s, logits, coin);
-    if (s->top_p <= 0.0f || s->top_p >= 1.0f) return sample_mult(logits, s->vocab_size, coin);
-    return sample_topp(s, logits, coin);
+    int token;
+    sample_rows(&s, &logits, 1, &token);
+    return token;
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -1606,31 +1642,44 @@ typedef struct {
     bl_sampler *sampler;
 } Story;
 
-// One step of a batch: row b of the pass belongs to story row_of[b].
+// One step of a batch: row b of the pass belongs to story row_of[b]; items of the parallel loop
+// are groups of `group` consecutive rows.
 typedef struct {
     Story *st;
     const int *row_of;
     float *logits;
     int *tokens, *n_tokens;
-    int vocab_size, max_new;
+    int B, group, vocab_size, max_new;
     float end_bias;
     int end_bias_after;
 } StepTask;
 
-// The CLI's loop for one story: force the prompt, then sample; keep the new token.
-static void story_step(void *arg, int b) {
+// The CLI's loop for a group of stories: force the prompt, else sample (the group's draws side by
+// side: sample_rows); keep the new token.
+static void story_group(void *arg, int g) {
     const StepTask *t = arg;
-    int i = t->row_of[b];
-    Story *x = &t->st[i];
-    float *logits = t->logits + (size_t)b * t->vocab_size;
-    if (x->pos >= x->n_prompt - 1) bl_end_bias(logits, t->end_bias, t->end_bias_after, x->pos - x->n_prompt + 2);
-    int next = x->pos < x->n_prompt - 1 ? x->prompt[x->pos + 1] : bl_sample(x->sampler, logits);
-    x->pos++;
-    if (next == 1) x->done = 1;  // BOS: another story would begin
-    else {
-        if (x->pos >= x->n_prompt) t->tokens[(size_t)i * t->max_new + t->n_tokens[i]++] = next;
-        x->done = next == 2;      // EOS is kept, then the story ends
-        x->token = next;
+    int b0 = g * t->group, b1 = b0 + t->group < t->B ? b0 + t->group : t->B, m = 0;
+    bl_sampler *smp[SAMPLE_ROWS] = {0};
+    float *lg[SAMPLE_ROWS] = {0};
+    int drawn[SAMPLE_ROWS] = {0};
+    for (int b = b0; b < b1; b++) {
+        Story *x = &t->st[t->row_of[b]];
+        if (x->pos < x->n_prompt - 1) continue;
+        lg[m] = t->logits + (size_t)b * t->vocab_size, smp[m++] = x->sampler;
+        bl_end_bias(lg[m - 1], t->end_bias, t->end_bias_after, x->pos - x->n_prompt + 2);
+    }
+    sample_rows(smp, lg, m, drawn);
+    for (int b = b0, k = 0; b < b1; b++) {
+        int i = t->row_of[b];
+        Story *x = &t->st[i];
+        int next = x->pos < x->n_prompt - 1 ? x->prompt[x->pos + 1] : drawn[k++];
+        x->pos++;
+        if (next == 1) x->done = 1;  // BOS: another story would begin
+        else {
+            if (x->pos >= x->n_prompt) t->tokens[(size_t)i * t->max_new + t->n_tokens[i]++] = next;
+            x->done = next == 2;      // EOS is kept, then the story ends
+            x->token = next;
+        }
     }
 }
 
@@ -1679,9 +1728,12 @@ int bl_generate_stories(const bl_model *m, int n, const int *const *prompts, con
         for (int i = 0; rc == BL_OK && i < n; i++)
             if (!st[i].done && st[i].pos < st[i].steps) tok[B] = st[i].token, pos[B] = st[i].pos, seq[B] = i, row_of[B++] = i;
         if (B == 0) break;
-        StepTask t = {st, row_of, forward_rows(s, B, tok, pos, seq, 1), tokens, n_tokens, p->vocab_size, max_new,
-                      end_bias, end_bias_after};
-        parallel_for(story_step, &t, B, (long)B * p->vocab_size);  // the samplers are independent
+        // the samplers are independent: groups of up to SAMPLE_ROWS stories, at least one per thread
+        int groups = (B + SAMPLE_ROWS - 1) / SAMPLE_ROWS, threads = thread_count();
+        groups = groups > threads ? groups : threads < B ? threads : B;
+        StepTask t = {st, row_of, forward_rows(s, B, tok, pos, seq, 1), tokens, n_tokens, B, (B + groups - 1) / groups,
+                      p->vocab_size, max_new, end_bias, end_bias_after};
+        parallel_for(story_group, &t, (B + t.group - 1) / t.group, (long)B * p->vocab_size);
     }
     for (int i = 0; st && i < n; i++) bl_sampler_free(st[i].sampler);
     bl_state_free(s);

@@ -587,23 +587,41 @@ static int expf_vector(void) {
     return expf_vector_ok;
 }
 
-// run.c's exp_sum, bit for bit: the exponentials 16 at a time (expf16), their sum still one
-// addition at a time in order (llama2.c's rounding). The additions wait on each other, about 3
-// cycles each; the next exponentials are computed meanwhile, so a vocabulary's softmax costs about
-// its chain of additions.
-static float exp_sum_fast(float *x, int n, float max) {
-    if (!expf_vector()) return exp_sum(x, n, max);
-    float sum = 0.0f;
+// run.c's exp_sums, bit for bit: the exponentials 16 at a time (expf16), each row's sum still one
+// addition at a time in order (llama2.c's rounding). Those additions wait on each other, about 3
+// cycles each; meanwhile the next exponentials are computed and the other rows' sums advance, so R
+// rows cost about as much as one row's chain of additions. R is a constant after inlining (the sums
+// stay in registers).
+SIMD_INLINE void exp_sums_r(float *const *x, int n, const float *max, float *sum, int R) {
+    float s[SAMPLE_ROWS] = {0};
     int i = 0;
     for (; i + 16 <= n; i += 16) {
-        _mm512_storeu_ps(x + i, expf16(_mm512_sub_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(max))));
-        for (int j = i; j < i + 16; j++) sum += x[j];
+        for (int r = 0; r < R; r++)
+            _mm512_storeu_ps(x[r] + i, expf16(_mm512_sub_ps(_mm512_loadu_ps(x[r] + i), _mm512_set1_ps(max[r]))));
+        for (int j = i; j < i + 16; j++)
+            for (int r = 0; r < R; r++) s[r] += x[r][j];
     }
-    for (; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
+    for (; i < n; i++)
+        for (int r = 0; r < R; r++) {
+            x[r][i] = expf(x[r][i] - max[r]);
+            s[r] += x[r][i];
+        }
+    for (int r = 0; r < R; r++) sum[r] = s[r];
+}
+
+static void exp_sums_fast(float *const *x, int R, int n, const float *max, float *sum) {
+    if (!expf_vector()) R = 0;  // another libm: expf it is (the default case)
+    switch (R) {
+    case 1: exp_sums_r(x, n, max, sum, 1); break;
+    case 2: exp_sums_r(x, n, max, sum, 2); break;
+    case 3: exp_sums_r(x, n, max, sum, 3); break;
+    case 4: exp_sums_r(x, n, max, sum, 4); break;
+    case 5: exp_sums_r(x, n, max, sum, 5); break;
+    case 6: exp_sums_r(x, n, max, sum, 6); break;
+    case 7: exp_sums_r(x, n, max, sum, 7); break;
+    case 8: exp_sums_r(x, n, max, sum, 8); break;
+    default: exp_sums(x, R, n, max, sum);
     }
-    return sum;
 }
 
 // run.c's swiglu, bit for bit: the same operations, 16 at a time.
@@ -636,6 +654,6 @@ static void rows_q8_fast(float *y, const int8_t *xq, const float *xs, const int8
 #else
 #define rows_q8_fast rows_q8
 #define quantize_fast quantize
-#define exp_sum_fast exp_sum
+#define exp_sums_fast exp_sums
 #define swiglu_fast swiglu
 #endif

@@ -422,6 +422,36 @@ static void test_sampler(void) {
     CHECK(bl_sampler_new(4, 1.0f, 0.9f, 0, 0, &s, err, sizeof err) == BL_ERR_ARG, "seed 0");
 }
 
+// Up to 8 rows drawn side by side (sample_rows: a batch's step) give each row what bl_sample
+// alone gives it, and leave the same probabilities: temperatures 0, 1 and 0.7, top-p, top-k and
+// plain draws mixed, 10 rounds.
+static void test_sample_rows(void) {
+    enum { NV = 1000, R = 8 };
+    static float logits[R][NV], alone[R][NV];
+    const float temp[R] = {1.0f, 0.0f, 0.7f, 1.0f, 1.0f, 1.0f, 0.7f, 1.0f}, top_p[R] = {1.0f, 0.9f, 0.0f, 0.9f, 1.0f, 0.5f, 1.0f, 0.0f};
+    const int top_k[R] = {0, 0, 0, 0, 5, 0, 0, 0};
+    bl_sampler *side[R], *one[R];
+    char err[BL_ERRLEN];
+    int bad = 0;
+    for (int r = 0; r < R; r++) {
+        bl_sampler_new(NV, temp[r], top_p[r], top_k[r], 11 + r, &side[r], err, sizeof err);
+        bl_sampler_new(NV, temp[r], top_p[r], top_k[r], 11 + r, &one[r], err, sizeof err);
+    }
+    for (int round = 0; round < 10; round++) {
+        int rows = 1 + round % R, got[R];
+        float *ptr[R];
+        for (int r = 0; r < rows; r++) {
+            for (int i = 0; i < NV; i++) logits[r][i] = alone[r][i] = (round % 2 ? 0.05f : 4.0f) * rnd();
+            ptr[r] = logits[r];
+        }
+        sample_rows(side, ptr, rows, got);
+        for (int r = 0; r < rows; r++)
+            bad += got[r] != bl_sample(one[r], alone[r]) || memcmp(logits[r], alone[r], sizeof alone[r]) != 0;
+    }
+    CHECK(bad == 0, "sample_rows differs from bl_sample row by row in %d draws", bad);
+    for (int r = 0; r < R; r++) bl_sampler_free(side[r]), bl_sampler_free(one[r]);
+}
+
 // One thread's work on a shared model: logits of a sequence, an encoding, 8 sampled tokens.
 typedef struct {
     const bl_model *m;
@@ -600,17 +630,31 @@ static void test_expf_bits(void) {
             memcpy(&in[m], &bits, 4);
         }
         memcpy(got, in, sizeof got);
-        exp_sum_fast(got, m, 0.0f);
+        float *row = got, zero = 0.0f, sum;
+        exp_sums_fast(&row, 1, m, &zero, &sum);
         for (int i = 0; i < m; i++, n++) {
             float want = expf(in[i]);
             bad += memcmp(&want, &got[i], 4) != 0 && !(isnan(want) && isnan(got[i]));
         }
     }
+    CHECK(bad == 0, "exp_sums_fast differs from expf in %ld of %ld arguments", bad, n);
+    // 1 to 8 rows side by side, of a length that leaves a tail: the values and each row's sum
     for (int i = 0; i < N; i++) in[i] = 12.0f * rnd(), got[i] = in[i];
-    float sum = exp_sum_fast(got, N - 3, 5.0f), want_sum = exp_sum(in, N - 3, 5.0f);  // a length that leaves a tail
-    for (int i = 0; i < N - 3; i++, n++) bad += memcmp(&in[i], &got[i], 4) != 0;
-    CHECK(bad == 0, "exp_sum_fast differs from expf in %ld of %ld arguments", bad, n);
-    CHECK(memcmp(&sum, &want_sum, sizeof sum) == 0, "exp_sum_fast's sum %.9g differs from exp_sum's %.9g", sum, want_sum);
+    enum { L = N / 8 - 3 };
+    for (int R = 1; R <= 8; R++) {
+        float *want_rows[8], *got_rows[8], max[8], want_sum[8], got_sum[8];
+        for (int r = 0; r < R; r++) {
+            want_rows[r] = in + r * (N / 8), got_rows[r] = got + r * (N / 8), max[r] = 5.0f + (float)r;
+            memcpy(got_rows[r], want_rows[r], L * sizeof(float));
+        }
+        exp_sums(want_rows, R, L, max, want_sum);
+        exp_sums_fast(got_rows, R, L, max, got_sum);
+        int same = 1;
+        for (int r = 0; r < R; r++)
+            same &= memcmp(want_rows[r], got_rows[r], L * sizeof(float)) == 0 && memcmp(&want_sum[r], &got_sum[r], 4) == 0;
+        CHECK(same, "exp_sums_fast differs from exp_sums on %d rows", R);
+        for (int i = 0; i < N; i++) in[i] = 12.0f * rnd(), got[i] = in[i];
+    }
     static float h1[N], h2[N], h3[N];  // SwiGLU, which takes expf too: the same bits
     for (int i = 0; i < N; i++) h1[i] = h2[i] = 30.0f * rnd(), h3[i] = rnd();
     h1[7] = h2[7] = -100.0f, h1[8] = h2[8] = 95.0f, h1[9] = h2[9] = NAN;
@@ -802,6 +846,7 @@ int main(void) {
     test_sampler();
     test_threads();
     test_sort_desc();
+    test_sample_rows();
     test_candidates();
     test_quantize();
     test_expf_bits();
