@@ -1301,7 +1301,9 @@ struct bl_sampler {
     int top_k;               // 0: off
     unsigned long long rng;  // xorshift* state
     uint64_t *cand, *spare;  // [vocab_size] top-p / top-k candidates as words (candidate()); the sort's other buffer
-    float *cum;              // [vocab_size] the sorted candidates' probabilities, then their running sums
+    float *cum;              // [vocab_size + TOPP_BUCKETS + 1] top-k's sorted probabilities, then their running
+                             // sums; top-p's sums before each bucket
+    int *start;              // [TOPP_BUCKETS + 1] where each top-p bucket begins in spare
 };
 
 // xorshift*: the generator llama2.c uses, so one seed gives one story in both programs
@@ -1422,14 +1424,129 @@ static int sample_prefix(const uint64_t *w, float *cum, int n, float top_p, floa
     return candidate_index(w[lo]);
 }
 
-// llama2.c's top-p: drop candidates below (1 - top_p) / (n - 1) (they cannot be in the nucleus),
-// sort the rest by descending probability, sample within the nucleus.
+// ---- top-p ----
+// llama2.c's top-p drops the tokens below (1 - top_p) / (n - 1) (they cannot be in the nucleus),
+// sorts the rest by descending probability, adds them in that order until the sum passes top_p
+// (cum), then walks the same sums again to the first one above coin * cum. Its token depends on
+// the float rounding of each addition, so the sums must be the same bits, which seems to need the
+// full sort (on a flat distribution, ~29,000 of 32,000 candidates are in the nucleus). It does
+// not, because of a fact about float addition:
+//   while a running sum s stays in one binade [2^e, 2^(e+1)), where floats are the multiples of
+//   u = 2^(e-23), s + p rounds to s + (p rounded to a multiple of u), whatever s is, unless p lies
+//   exactly halfway between two multiples (then the rounding goes to the even one, which depends
+//   on s). So adding a group of such p in any order gives the same sum: s + u * (sum of round(p/u)).
+// sample_topp therefore splits the candidates into buckets by probability (one counting pass,
+// no sort), takes the buckets in descending order, and adds a whole bucket at once by that rule
+// (integers) when the rule holds: no halfway p, and the sum stays below the binade's end and
+// below top_p. Where it does not (about one bucket per binade crossed, the bucket where the sum
+// passes top_p, the first bucket), it sorts that bucket alone and adds it one by one. The coin's
+// bucket is then found from the sums between buckets, sorted, and walked. The result is llama2.c's
+// token for every coin (tests/c/test_api.c compares them), at a small part of the sort's cost.
+
+#define TOPP_BUCKETS 2048  // at most; about 32 candidates each
+
+// Sort a bucket (candidates in index order) by descending probability, ties in index order: an
+// insertion sort of the words, whose order is exactly that; sort_desc for large buckets.
+static void sort_bucket(uint64_t *w, uint64_t *tmp, int n) {
+    if (n > 64) {
+        if (sort_desc(w, tmp, n) == tmp) memcpy(w, tmp, (size_t)n * sizeof *w);
+        return;
+    }
+    for (int i = 1; i < n; i++) {
+        uint64_t x = w[i];
+        int j = i;
+        for (; j > 0 && w[j - 1] > x; j--) w[j] = w[j - 1];
+        w[j] = x;
+    }
+}
+
+// Split w[0..n) into buckets of keys (descending probability), stably, into out; start[b] is where
+// bucket b begins and start[nb] = n. Returns nb.
+static int bucket_candidates(const uint64_t *w, uint64_t *out, int n, int *start) {
+    uint32_t lo = UINT32_MAX, hi = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t k = candidate_key(w[i]);
+        lo = k < lo ? k : lo, hi = k > hi ? k : hi;
+    }
+    int want = 2, shift = 0;  // buckets: a power of two, so that shift stays below 32
+    while (want < TOPP_BUCKETS && want * 32 < n) want *= 2;
+    while (((hi - lo) >> shift) >= (uint32_t)want) shift++;
+    int nb = (int)((hi - lo) >> shift) + 1, at[TOPP_BUCKETS];
+    memset(start, 0, (size_t)(nb + 1) * sizeof *start);
+    for (int i = 0; i < n; i++) start[((candidate_key(w[i]) - lo) >> shift) + 1]++;
+    for (int b = 0; b < nb; b++) start[b + 1] += start[b], at[b] = start[b];
+    for (int i = 0; i < n; i++) out[at[(candidate_key(w[i]) - lo) >> shift]++] = w[i];
+    return nb;
+}
+
+// sum + the bucket's probabilities w[0..n), added in any order, if the rule above holds for them
+// and the result stays at or below top_p; else -1 (the bucket must be added one by one).
+static float add_bucket(float sum, const uint64_t *w, int n, float top_p) {
+    uint32_t bits;
+    memcpy(&bits, &sum, sizeof bits);
+    int e = (int)(bits >> 23 & 0xff);  // sum's binade: [2^(e-127), 2^(e-126)), u = 2^(e-150)
+    if (!(sum > 0.0f) || e < 23 || e > 254) return -1.0f;
+    uint32_t scale_bits = (uint32_t)(277 - e) << 23;  // 1 / u, a power of two
+    float scale;
+    memcpy(&scale, &scale_bits, sizeof scale);
+    long long units = (long long)(sum * scale);  // sum / u: an integer in [2^23, 2^24)
+    int halfway = 0;                               // (no early exit: the loop vectorizes)
+    for (int i = 0; i < n; i++) {
+        float q = candidate_prob(w[i]) * scale, r = rintf(q);  // exact: q < 2^24 (p <= sum)
+        halfway |= fabsf(q - r) == 0.5f;
+        units += (long long)r;
+    }
+    if (halfway || units >= 1 << 24) return -1.0f;  // the order decides a rounding; or the sum
+                                                     // would leave the binade
+    float total = (float)units / scale;
+    return total <= top_p ? total : -1.0f;
+}
+
+// Candidates in s->spare, bucket by bucket: add the buckets in order (the first, those where the
+// rule fails and the one where the sum passes top_p one by one, sorted); the sum before bucket b
+// goes to s->cum[b]. *last_b and *last_i: where the nucleus ends. Returns the nucleus's sum.
+static float nucleus_sum(bl_sampler *s, const int *start, int nb, int *last_b, int *last_i) {
+    float sum = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        uint64_t *w = s->spare + start[b];
+        int n = start[b + 1] - start[b];
+        s->cum[b] = sum;
+        if (n == 0) continue;
+        float bulk = add_bucket(sum, w, n, s->top_p);
+        if (bulk >= 0.0f) {
+            sum = bulk;
+            continue;
+        }
+        sort_bucket(w, s->cand + start[b], n);
+        for (int i = 0; i < n; i++) {
+            sum += candidate_prob(w[i]);
+            if (sum > s->top_p) {
+                *last_b = b, *last_i = i;
+                return sum;
+            }
+        }
+    }
+    *last_b = nb - 1, *last_i = start[nb] - start[nb - 1] - 1;  // all of them (rounding kept the sum <= top_p)
+    return sum;
+}
+
+// llama2.c's top-p by buckets (above): its token, for every coin.
 static int sample_topp(bl_sampler *s, const float *p, float coin) {
     int n = s->vocab_size, n0 = candidates_fast(s->cand, p, n, (1.0f - s->top_p) / (float)(n - 1));
     if (n0 == 0) return argmax(p, n);  // only when p holds NaN (infinite logits)
-    uint64_t *w = sort_desc(s->cand, s->spare, n0);
-    for (int i = 0; i < n0; i++) s->cum[i] = candidate_prob(w[i]);
-    return sample_prefix(w, s->cum, n0, s->top_p, coin);
+    int *start = s->start, nb = bucket_candidates(s->cand, s->spare, n0, start), last_b = 0, last_i = 0;
+    float cum = nucleus_sum(s, start, nb, &last_b, &last_i), r = coin * cum;
+    int b = 0;  // the bucket of the first sum above r: the first whose sums end above r
+    while (b < last_b && !(r < s->cum[b + 1])) b++;
+    uint64_t *w = s->spare + start[b];
+    sort_bucket(w, s->cand + start[b], start[b + 1] - start[b]);  // (if not sorted already)
+    int m = b == last_b ? last_i + 1 : start[b + 1] - start[b];
+    float cdf = s->cum[b];
+    for (int i = 0; i < m; i++) {
+        cdf += candidate_prob(w[i]);
+        if (r < cdf) return candidate_index(w[i]);
+    }
+    return candidate_index(w[m - 1]);  // r at or above every sum: llama2.c's last candidate
 }
 
 // Top-k: keep the k most probable, renormalize, then top-p within them (if on).
@@ -1456,19 +1573,20 @@ int bl_sampler_new(int vocab_size, float temperature, float top_p, int top_k,
     if (seed == 0) return fail(err, errlen, BL_ERR_ARG, "seed 0: the generator needs a nonzero seed");
     bl_sampler *s = calloc(1, sizeof *s);
     uint64_t *cand = calloc((size_t)vocab_size, sizeof(uint64_t)), *spare = calloc((size_t)vocab_size, sizeof(uint64_t));
-    float *cum = calloc((size_t)vocab_size, sizeof(float));
-    if (!s || !cand || !spare || !cum) {
-        free(s), free(cand), free(spare), free(cum);
+    float *cum = calloc((size_t)vocab_size + TOPP_BUCKETS + 1, sizeof(float));
+    int *start = calloc(TOPP_BUCKETS + 1, sizeof(int));
+    if (!s || !cand || !spare || !cum || !start) {
+        free(s), free(cand), free(spare), free(cum), free(start);
         return fail(err, errlen, BL_ERR_NOMEM, "out of memory for the sampler");
     }
-    *s = (bl_sampler){vocab_size, temperature, top_p, top_k, seed, cand, spare, cum};
+    *s = (bl_sampler){vocab_size, temperature, top_p, top_k, seed, cand, spare, cum, start};
     *out = s;
     return BL_OK;
 }
 
 void bl_sampler_free(bl_sampler *s) {
     if (!s) return;
-    free(s->cand), free(s->spare), free(s->cum);
+    free(s->cand), free(s->spare), free(s->cum), free(s->start);
     free(s);
 }
 

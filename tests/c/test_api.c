@@ -542,22 +542,29 @@ static void test_candidates(void) {
     CHECK(bad == 0, "candidates_fast differs from candidates in %d of %d cases", bad, 4 * (N + 1));
 }
 
-// llama2.c's sample_topp, verbatim in spirit: filter, stable sort, walk the prefix twice.
+// llama2.c's sample_topp in two steps: its candidates, filtered and sorted (qsort by descending
+// probability; glibc's qsort is a stable merge sort, so ties stay in index order), then its two
+// walks of the nucleus for one coin.
 typedef struct {
     float prob;
     int index;
 } ProbIndex;
 
-static int llama2c_topp(const float *p, int n, float top_p, float coin, ProbIndex *pi) {
+static int cmp_desc_stable(const void *a, const void *b) {
+    const ProbIndex *x = a, *y = b;
+    return x->prob > y->prob ? -1 : x->prob < y->prob ? 1 : (x->index > y->index) - (x->index < y->index);
+}
+
+static int llama2c_candidates(const float *p, int n, float top_p, ProbIndex *pi) {
     int n0 = 0;
     float cutoff = (1.0f - top_p) / (float)(n - 1);
     for (int i = 0; i < n; i++)
         if (p[i] >= cutoff) pi[n0++] = (ProbIndex){p[i], i};
-    for (int i = 1; i < n0; i++)  // stable insertion sort, descending
-        for (int j = i; j > 0 && pi[j - 1].prob < pi[j].prob; j--) {
-            ProbIndex t = pi[j];
-            pi[j] = pi[j - 1], pi[j - 1] = t;
-        }
+    qsort(pi, (size_t)n0, sizeof *pi, cmp_desc_stable);
+    return n0;
+}
+
+static int llama2c_draw(const ProbIndex *pi, int n0, float top_p, float coin) {
     float cum = 0.0f;
     int last = n0 - 1;
     for (int i = 0; i < n0; i++) {
@@ -575,31 +582,46 @@ static int llama2c_topp(const float *p, int n, float top_p, float coin, ProbInde
     return pi[last].index;
 }
 
-// Top-p (radix sort, one walk + binary search) picks llama2.c's token for every coin: flat,
-// peaked and tied distributions.
+// Top-p (buckets added whole where float addition allows it, the rest sorted) picks llama2.c's
+// token for every coin: flat distributions of several widths (random-weight models), peaked, tied,
+// one dominant token, probabilities whose additions round halfway; vocabularies of 2 to 32000; top-p 0.5, 0.9 and 0.99; 64 coins each.
 static void test_topp_matches_llama2c(void) {
-    enum { N = 600 };
-    static float p[N], work[N];
+    enum { N = 32000, COINS = 64 };
+    static float p[N];
     static ProbIndex pi[N];
-    bl_sampler *s = NULL;
-    char err[BL_ERRLEN];
-    bl_sampler_new(N, 1.0f, 0.9f, 0, 1, &s, err, sizeof err);
-    int mismatches = 0;
-    for (int trial = 0; trial < 3 && s; trial++) {
-        float sum = 0.0f;
-        for (int i = 0; i < N; i++) {
-            p[i] = trial == 0 ? 1.0f + 0.001f * rnd() : trial == 1 ? expf(12.0f * rnd()) : (float)(1 + i % 5);
-            sum += p[i];
+    const float top_ps[3] = {0.5f, 0.9f, 0.99f};
+    const int sizes[4] = {2, 17, 600, N};
+    int mismatches = 0, draws = 0;
+    for (int trial = 0; trial < 8 * 4; trial++) {
+        int n = sizes[trial / 8], kind = trial % 8;
+        for (int i = 0; i < n; i++) {
+            float r = rnd();
+            p[i] = kind == 0 ? 0.05f * r : kind == 1 ? 0.5f * r : kind == 2 ? 3.0f * r  // flat, wider and wider
+                 : kind == 3 ? -1.5f * logf(1.0f + (float)((i * 7919) % n))              // Zipf-like
+                 : kind == 4 ? 0.25f * (float)((i * 31) % 7)                              // exact ties
+                 : kind == 5 ? (i == n / 3 ? 9.0f : r)                                    // one dominant token
+                 : kind == 6 ? 12.0f * r : 0.0f;
         }
-        for (int i = 0; i < N; i++) p[i] /= sum;
-        for (int c = 0; c < 200; c++) {
-            float coin = (c + 0.5f) / 200.0f;
-            memcpy(work, p, sizeof p);
-            mismatches += sample_topp(s, work, coin) != llama2c_topp(p, N, 0.9f, coin, pi);
+        if (kind < 7) softmax(p, n);
+        else  // multiples of 2^-25: in [0.5, 1) the odd ones add halfway, the others exactly, and the
+              // order decides the roundings (a bucket holds both)
+            for (int i = 0; i < n; i++) p[i] = ldexpf((float)((1 << 25) / n - 750 + (i * 7919) % 1500), -25);
+        for (int t = 0; t < 3; t++) {
+            bl_sampler *s = NULL;
+            char err[BL_ERRLEN];
+            if (bl_sampler_new(n, 1.0f, top_ps[t], 0, 1, &s, err, sizeof err) != BL_OK) {
+                mismatches++;
+                continue;
+            }
+            int n0 = llama2c_candidates(p, n, top_ps[t], pi);
+            for (int c = 0; c < COINS && n0 > 0; c++, draws++) {  // (no candidate: llama2.c reads pi[-1])
+                float coin = c < COINS / 2 ? (c + 0.5f) / (COINS / 2) : random_f32(&s->rng);
+                mismatches += sample_topp(s, p, coin) != llama2c_draw(pi, n0, top_ps[t], coin);
+            }
+            bl_sampler_free(s);
         }
     }
-    CHECK(s && mismatches == 0, "top-p differs from llama2.c's in %d of 600 draws", mismatches);
-    bl_sampler_free(s);
+    CHECK(mismatches == 0, "top-p differs from llama2.c's in %d of %d draws", mismatches, draws);
 }
 
 // The vectorized quantizer (run_simd.h; the same function in other builds) gives the reference's
