@@ -462,18 +462,49 @@ static void rmsnorm(float *o, const float *x, const float *weight, int n) {
     for (int j = 0; j < n; j++) o[j] = weight[j] * (ss * x[j]);
 }
 
-#define SAMPLE_ROWS 8  // rows whose softmaxes run side by side (stories of a batch)
+// ---- sums in any order, with the bits of one order ----
+// Float addition rounds, so a running sum's bits depend on the order of its terms. llama2.c adds
+// one by one in a given order (the softmax's sum and the sampler's walk: index order; top-p:
+// descending probability), and matching its bits seems to require the same chain of additions,
+// each waiting on the last (about 3 cycles each: 27 us for 32,000 terms). It does not, because:
+//   while a running sum s stays in one binade [2^e, 2^(e+1)), where floats are the multiples of
+//   u = 2^(e-23), s + x rounds to s + (x rounded to a multiple of u), whatever s is, unless x lies
+//   exactly halfway between two multiples (then the rounding goes to the even one, which depends
+//   on s). So terms that keep s in its binade, none of them halfway, give the same sum in any
+//   order: s + u * (sum of round(x / u)), a sum of integers, which vectorizes.
+// Where that fails (the sum passes a power of two, a term is halfway) only one by one gives the
+// bits; that is a few blocks in a vocabulary.
 
-// Row r < R of x: x[r][i] = expf(x[r][i] - max[r]); sum[r] = their sum, added one by one in order
-// as llama2.c does.
-static void exp_sums(float *const *x, int R, int n, const float *max, float *sum) {
-    for (int r = 0; r < R; r++) {
-        sum[r] = 0.0f;
-        for (int i = 0; i < n; i++) {
-            x[r][i] = expf(x[r][i] - max[r]);
-            sum[r] += x[r][i];
-        }
+// s + x[0] + ... + x[n-1] added one by one, computed at once when the rule above holds for these
+// terms; else -1. Assumes x[i] >= 0 (a NaN makes it fail).
+static float add_in_any_order(float s, const float *x, int n) {
+    uint32_t bits;
+    memcpy(&bits, &s, sizeof bits);
+    int e = (int)(bits >> 23 & 0xff);  // s in [2^(e-127), 2^(e-126)), u = 2^(e-150)
+    if (!(s > 0.0f) || e < 23 || e > 254) return -1.0f;
+    uint32_t scale_bits = (uint32_t)(277 - e) << 23;  // 1 / u, a power of two
+    float scale;
+    memcpy(&scale, &scale_bits, sizeof scale);
+    long long units = (long long)(s * scale);  // s / u: an integer in [2^23, 2^24)
+    int fails = 0;                              // (no early exit: the loop vectorizes)
+    for (int i = 0; i < n; i++) {
+        float q = x[i] * scale, r = rintf(q);             // exact below 2^24
+        int big = !(q < 0x1p24f);                        // (or NaN): s would leave its binade anyway
+        fails |= big || fabsf(q - r) == 0.5f;           // halfway: the order decides
+        units += (long long)(big ? 0.0f : r);
     }
+    if (fails || units >= 1 << 24) return -1.0f;  // or s would leave its binade
+    return (float)units / scale;
+}
+
+// x[i] = expf(x[i] - max); returns their sum, added one by one in order as llama2.c does
+static float exp_sum(float *x, int n, float max) {
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    return sum;
 }
 
 // y[b, i] = W[i, :] . x[b, :] for rows i0 <= i < i1 of W[d, n] and the B rows of x[B, n] (fp32).
@@ -589,37 +620,25 @@ static void add(float *x, const float *y, size_t n) {
 #define rows_f32_fast rows_f32
 #define rows_q8_fast rows_q8
 #define quantize_fast quantize
-#define exp_sums_fast exp_sums
+#define exp_sum_fast exp_sum
 #define swiglu_fast swiglu
 #define head_scores_fast head_scores
 #define head_values_fast head_values
 #define candidates_fast candidates
 #endif
 
-static float max_of(const float *x, int n) {
+// In place; subtracting the max keeps expf from overflowing. Bit for bit llama2.c's result, which
+// fixes libm's expf and the order of the sum; what may change without changing a bit is: the max
+// (vectorized), the expf calls (fast builds compute glibc's expf 16 at a time: exp_sum_fast), and
+// the divisions (vectorized).
+static void softmax(float *x, int n) {
     float max = x[0];
     #pragma omp simd reduction(max:max)
     for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
-    return max;
+    float sum = exp_sum_fast(x, n, max);
+    #pragma omp simd
+    for (int i = 0; i < n; i++) x[i] /= sum;
 }
-
-// Softmax of R <= SAMPLE_ROWS rows of n values, in place; subtracting the max keeps expf from
-// overflowing. Bit for bit llama2.c's result, which fixes libm's expf and the order of each row's
-// sum; what may change without changing a bit is: the max (vectorized), the expf calls (fast builds
-// compute glibc's expf 16 at a time and overlap the rows' sums: exp_sums_fast), and the divisions
-// (vectorized).
-static void softmax_rows(float *const *x, int R, int n) {
-    float max[SAMPLE_ROWS] = {0}, sum[SAMPLE_ROWS] = {0};
-    for (int r = 0; r < R; r++) max[r] = max_of(x[r], n);
-    exp_sums_fast(x, R, n, max, sum);
-    for (int r = 0; r < R; r++) {
-        float *row = x[r], total = sum[r];
-        #pragma omp simd
-        for (int i = 0; i < n; i++) row[i] /= total;
-    }
-}
-
-static void softmax(float *x, int n) { softmax_rows(&x, 1, n); }
 
 #ifdef BL_PANELS
 // Drop the mapped file's pages inside [p, p + n) from this process's memory: the kernels no longer
@@ -1301,8 +1320,9 @@ struct bl_sampler {
     int top_k;               // 0: off
     unsigned long long rng;  // xorshift* state
     uint64_t *cand, *spare;  // [vocab_size] top-p / top-k candidates as words (candidate()); the sort's other buffer
-    float *cum;              // [vocab_size + TOPP_BUCKETS + 1] top-k's sorted probabilities, then their running
-                             // sums; top-p's sums before each bucket
+    float *cum;              // [vocab_size] top-k's sorted probabilities, then their running sums; top-p's sums
+                             // before each bucket
+    float *prob;             // [vocab_size] the probabilities of a top-p bucket
     int *start;              // [TOPP_BUCKETS + 1] where each top-p bucket begins in spare
 };
 
@@ -1322,12 +1342,22 @@ static int argmax(const float *p, int n) {
     return best;
 }
 
-// Walk the cumulative distribution until it passes coin (one coin per token).
+// Walk the cumulative distribution until it passes coin (one coin per token). A block of 64 that
+// the walk crosses whole is added at once where add_in_any_order can (the same bits); the block
+// where the sum passes coin, and those where the rule fails, go one by one.
 static int sample_mult(const float *p, int n, float coin) {
     float cdf = 0.0f;
-    for (int i = 0; i < n; i++) {
-        cdf += p[i];
-        if (coin < cdf) return i;
+    for (int i = 0; i < n; i += 64) {
+        int m = n - i < 64 ? n - i : 64;
+        float next = add_in_any_order(cdf, p + i, m);
+        if (next >= 0.0f && !(coin < next)) {
+            cdf = next;
+            continue;
+        }
+        for (int j = i; j < i + m; j++) {
+            cdf += p[j];
+            if (coin < cdf) return j;
+        }
     }
     return n - 1;  // rounding left the total just below coin
 }
@@ -1352,15 +1382,20 @@ static float candidate_prob(uint64_t w) {
 }
 
 // The tokens of p[0..n) whose probability is at least cutoff, as candidates in index order, into w;
-// returns how many. (run_simd.h's candidates_fast does 16 at a time.)
+// returns how many. range[0] and range[1]: their least and greatest key (top-p's buckets span
+// them). (run_simd.h's candidates_fast does 16 at a time.)
 #if defined(__GNUC__)
 __attribute__((unused))
 #endif
-static int candidates(uint64_t *w, const float *p, int n, float cutoff) {
+static int candidates(uint64_t *w, const float *p, int n, float cutoff, uint32_t range[2]) {
     int n0 = 0;
+    range[0] = UINT32_MAX, range[1] = 0;
     for (int i = 0; i < n; i++) {  // without a branch, which would mispredict on peaked distributions
         w[n0] = candidate(p[i], i);
-        n0 += p[i] >= cutoff;
+        int keep = p[i] >= cutoff;
+        uint32_t k = candidate_key(w[n0]);
+        range[0] = keep && k < range[0] ? k : range[0], range[1] = keep && k > range[1] ? k : range[1];
+        n0 += keep;
     }
     return n0;
 }
@@ -1428,20 +1463,14 @@ static int sample_prefix(const uint64_t *w, float *cum, int n, float top_p, floa
 // llama2.c's top-p drops the tokens below (1 - top_p) / (n - 1) (they cannot be in the nucleus),
 // sorts the rest by descending probability, adds them in that order until the sum passes top_p
 // (cum), then walks the same sums again to the first one above coin * cum. Its token depends on
-// the float rounding of each addition, so the sums must be the same bits, which seems to need the
-// full sort (on a flat distribution, ~29,000 of 32,000 candidates are in the nucleus). It does
-// not, because of a fact about float addition:
-//   while a running sum s stays in one binade [2^e, 2^(e+1)), where floats are the multiples of
-//   u = 2^(e-23), s + p rounds to s + (p rounded to a multiple of u), whatever s is, unless p lies
-//   exactly halfway between two multiples (then the rounding goes to the even one, which depends
-//   on s). So adding a group of such p in any order gives the same sum: s + u * (sum of round(p/u)).
-// sample_topp therefore splits the candidates into buckets by probability (one counting pass,
-// no sort), takes the buckets in descending order, and adds a whole bucket at once by that rule
-// (integers) when the rule holds: no halfway p, and the sum stays below the binade's end and
-// below top_p. Where it does not (about one bucket per binade crossed, the bucket where the sum
-// passes top_p, the first bucket), it sorts that bucket alone and adds it one by one. The coin's
-// bucket is then found from the sums between buckets, sorted, and walked. The result is llama2.c's
-// token for every coin (tests/c/test_api.c compares them), at a small part of the sort's cost.
+// each addition's rounding, which seems to need the full sort (on a flat distribution ~29,000 of
+// 32,000 candidates are in the nucleus). It does not: sample_topp splits the candidates into
+// buckets by probability (one counting pass, no sort), takes the buckets in descending order, and
+// adds a whole bucket at once where add_in_any_order can and the sum stays at or below top_p. The
+// others (about one bucket per power of two the sum passes, the bucket where it passes top_p, the
+// first) it sorts alone and adds one by one. The coin's bucket is then found from the sums between
+// buckets, sorted, and walked. The result is llama2.c's token for every coin (tests/c/test_api.c
+// compares them), at a small part of the sort's cost.
 
 #define TOPP_BUCKETS 2048  // at most; about 32 candidates each
 
@@ -1460,14 +1489,9 @@ static void sort_bucket(uint64_t *w, uint64_t *tmp, int n) {
     }
 }
 
-// Split w[0..n) into buckets of keys (descending probability), stably, into out; start[b] is where
-// bucket b begins and start[nb] = n. Returns nb.
-static int bucket_candidates(const uint64_t *w, uint64_t *out, int n, int *start) {
-    uint32_t lo = UINT32_MAX, hi = 0;
-    for (int i = 0; i < n; i++) {
-        uint32_t k = candidate_key(w[i]);
-        lo = k < lo ? k : lo, hi = k > hi ? k : hi;
-    }
+// Split w[0..n), whose keys lie in [lo, hi], into buckets of keys (descending probability), stably,
+// into out; start[b] is where bucket b begins and start[nb] = n. Returns nb.
+static int bucket_candidates(const uint64_t *w, uint64_t *out, int n, uint32_t lo, uint32_t hi, int *start) {
     int want = 2, shift = 0;  // buckets: a power of two, so that shift stays below 32
     while (want < TOPP_BUCKETS && want * 32 < n) want *= 2;
     while (((hi - lo) >> shift) >= (uint32_t)want) shift++;
@@ -1479,42 +1503,20 @@ static int bucket_candidates(const uint64_t *w, uint64_t *out, int n, int *start
     return nb;
 }
 
-// sum + the bucket's probabilities w[0..n), added in any order, if the rule above holds for them
-// and the result stays at or below top_p; else -1 (the bucket must be added one by one).
-static float add_bucket(float sum, const uint64_t *w, int n, float top_p) {
-    uint32_t bits;
-    memcpy(&bits, &sum, sizeof bits);
-    int e = (int)(bits >> 23 & 0xff);  // sum's binade: [2^(e-127), 2^(e-126)), u = 2^(e-150)
-    if (!(sum > 0.0f) || e < 23 || e > 254) return -1.0f;
-    uint32_t scale_bits = (uint32_t)(277 - e) << 23;  // 1 / u, a power of two
-    float scale;
-    memcpy(&scale, &scale_bits, sizeof scale);
-    long long units = (long long)(sum * scale);  // sum / u: an integer in [2^23, 2^24)
-    int halfway = 0;                               // (no early exit: the loop vectorizes)
-    for (int i = 0; i < n; i++) {
-        float q = candidate_prob(w[i]) * scale, r = rintf(q);  // exact: q < 2^24 (p <= sum)
-        halfway |= fabsf(q - r) == 0.5f;
-        units += (long long)r;
-    }
-    if (halfway || units >= 1 << 24) return -1.0f;  // the order decides a rounding; or the sum
-                                                     // would leave the binade
-    float total = (float)units / scale;
-    return total <= top_p ? total : -1.0f;
-}
-
-// Candidates in s->spare, bucket by bucket: add the buckets in order (the first, those where the
-// rule fails and the one where the sum passes top_p one by one, sorted); the sum before bucket b
-// goes to s->cum[b]. *last_b and *last_i: where the nucleus ends. Returns the nucleus's sum.
+// Candidates in s->spare, bucket by bucket: add the buckets in order (the first, those where
+// add_in_any_order fails and the one where the sum passes top_p one by one, sorted); the sum before
+// bucket b goes to s->cum[b]. *last_b and *last_i: where the nucleus ends. Returns the nucleus's sum.
 static float nucleus_sum(bl_sampler *s, const int *start, int nb, int *last_b, int *last_i) {
-    float sum = 0.0f;
+    float sum = 0.0f, *prob = s->prob;  // a bucket's probabilities
     for (int b = 0; b < nb; b++) {
         uint64_t *w = s->spare + start[b];
         int n = start[b + 1] - start[b];
         s->cum[b] = sum;
         if (n == 0) continue;
-        float bulk = add_bucket(sum, w, n, s->top_p);
-        if (bulk >= 0.0f) {
-            sum = bulk;
+        for (int i = 0; i < n; i++) prob[i] = candidate_prob(w[i]);
+        float whole = add_in_any_order(sum, prob, n);
+        if (whole >= 0.0f && whole <= s->top_p) {
+            sum = whole;
             continue;
         }
         sort_bucket(w, s->cand + start[b], n);
@@ -1532,9 +1534,11 @@ static float nucleus_sum(bl_sampler *s, const int *start, int nb, int *last_b, i
 
 // llama2.c's top-p by buckets (above): its token, for every coin.
 static int sample_topp(bl_sampler *s, const float *p, float coin) {
-    int n = s->vocab_size, n0 = candidates_fast(s->cand, p, n, (1.0f - s->top_p) / (float)(n - 1));
+    uint32_t range[2];
+    int n = s->vocab_size, n0 = candidates_fast(s->cand, p, n, (1.0f - s->top_p) / (float)(n - 1), range);
     if (n0 == 0) return argmax(p, n);  // only when p holds NaN (infinite logits)
-    int *start = s->start, nb = bucket_candidates(s->cand, s->spare, n0, start), last_b = 0, last_i = 0;
+    int *start = s->start, nb = bucket_candidates(s->cand, s->spare, n0, range[0], range[1], start);
+    int last_b = 0, last_i = 0;
     float cum = nucleus_sum(s, start, nb, &last_b, &last_i), r = coin * cum;
     int b = 0;  // the bucket of the first sum above r: the first whose sums end above r
     while (b < last_b && !(r < s->cum[b + 1])) b++;
@@ -1551,7 +1555,8 @@ static int sample_topp(bl_sampler *s, const float *p, float coin) {
 
 // Top-k: keep the k most probable, renormalize, then top-p within them (if on).
 static int sample_topk(bl_sampler *s, const float *p, float coin) {
-    int n = candidates_fast(s->cand, p, s->vocab_size, 0.0f), k = s->top_k < n ? s->top_k : n;
+    uint32_t range[2];
+    int n = candidates_fast(s->cand, p, s->vocab_size, 0.0f, range), k = s->top_k < n ? s->top_k : n;
     if (n == 0) return argmax(p, s->vocab_size);  // NaN
     uint64_t *w = sort_desc(s->cand, s->spare, n);
     float mass = 0.0f;
@@ -1573,51 +1578,32 @@ int bl_sampler_new(int vocab_size, float temperature, float top_p, int top_k,
     if (seed == 0) return fail(err, errlen, BL_ERR_ARG, "seed 0: the generator needs a nonzero seed");
     bl_sampler *s = calloc(1, sizeof *s);
     uint64_t *cand = calloc((size_t)vocab_size, sizeof(uint64_t)), *spare = calloc((size_t)vocab_size, sizeof(uint64_t));
-    float *cum = calloc((size_t)vocab_size + TOPP_BUCKETS + 1, sizeof(float));
+    float *cum = calloc((size_t)vocab_size + TOPP_BUCKETS + 1, sizeof(float)), *prob = calloc((size_t)vocab_size, sizeof(float));
     int *start = calloc(TOPP_BUCKETS + 1, sizeof(int));
-    if (!s || !cand || !spare || !cum || !start) {
-        free(s), free(cand), free(spare), free(cum), free(start);
+    if (!s || !cand || !spare || !cum || !prob || !start) {
+        free(s), free(cand), free(spare), free(cum), free(prob), free(start);
         return fail(err, errlen, BL_ERR_NOMEM, "out of memory for the sampler");
     }
-    *s = (bl_sampler){vocab_size, temperature, top_p, top_k, seed, cand, spare, cum, start};
+    *s = (bl_sampler){vocab_size, temperature, top_p, top_k, seed, cand, spare, cum, prob, start};
     *out = s;
     return BL_OK;
 }
 
 void bl_sampler_free(bl_sampler *s) {
     if (!s) return;
-    free(s->cand), free(s->spare), free(s->cum), free(s->start);
+    free(s->cand), free(s->spare), free(s->cum), free(s->prob), free(s->start);
     free(s);
 }
 
-// Draw a token for each of R <= SAMPLE_ROWS rows of logits, row r with sampler s[r] (its
-// temperature, top-p, top-k and generator), into out[r]. The rows' softmaxes run side by side;
-// each row gets what bl_sample alone would give it.
-static void sample_rows(bl_sampler *const *s, float *const *logits, int R, int *out) {
-    float *probs[SAMPLE_ROWS] = {0};
-    int row[SAMPLE_ROWS] = {0}, m = 0, n = R ? s[0]->vocab_size : 0;
-    for (int r = 0; r < R; r++) {
-        if (s[r]->temperature == 0.0f) out[r] = argmax(logits[r], n);
-        else {
-            if (s[r]->temperature != 1.0f)  // x / 1 is x: skipping it changes no bit
-                for (int i = 0; i < n; i++) logits[r][i] /= s[r]->temperature;
-            probs[m] = logits[r], row[m++] = r;
-        }
-    }
-    softmax_rows(probs, m, n);
-    for (int k = 0; k < m; k++) {
-        bl_sampler *x = s[row[k]];
-        float coin = random_f32(&x->rng);
-        if (x->top_k > 0) out[row[k]] = sample_topk(x, probs[k], coin);
-        else if (x->top_p > 0.0f && x->top_p < 1.0f) out[row[k]] = sample_topp(x, probs[k], coin);
-        else out[row[k]] = sample_mult(probs[k], n, coin);
-    }
-}
-
 int bl_sample(bl_sampler *s, float *logits) {
-    int token;
-    sample_rows(&s, &logits, 1, &token);
-    return token;
+    if (s->temperature == 0.0f) return argmax(logits, s->vocab_size);
+    if (s->temperature != 1.0f)  // x / 1 is x: skipping it changes no bit
+        for (int i = 0; i < s->vocab_size; i++) logits[i] /= s->temperature;
+    softmax(logits, s->vocab_size);
+    float coin = random_f32(&s->rng);
+    if (s->top_k > 0) return sample_topk(s, logits, coin);
+    if (s->top_p <= 0.0f || s->top_p >= 1.0f) return sample_mult(logits, s->vocab_size, coin);
+    return sample_topp(s, logits, coin);
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -1760,44 +1746,31 @@ typedef struct {
     bl_sampler *sampler;
 } Story;
 
-// One step of a batch: row b of the pass belongs to story row_of[b]; items of the parallel loop
-// are groups of `group` consecutive rows.
+// One step of a batch: row b of the pass belongs to story row_of[b].
 typedef struct {
     Story *st;
     const int *row_of;
     float *logits;
     int *tokens, *n_tokens;
-    int B, group, vocab_size, max_new;
+    int vocab_size, max_new;
     float end_bias;
     int end_bias_after;
 } StepTask;
 
-// The CLI's loop for a group of stories: force the prompt, else sample (the group's draws side by
-// side: sample_rows); keep the new token.
-static void story_group(void *arg, int g) {
+// The CLI's loop for one story: force the prompt, then sample; keep the new token.
+static void story_step(void *arg, int b) {
     const StepTask *t = arg;
-    int b0 = g * t->group, b1 = b0 + t->group < t->B ? b0 + t->group : t->B, m = 0;
-    bl_sampler *smp[SAMPLE_ROWS] = {0};
-    float *lg[SAMPLE_ROWS] = {0};
-    int drawn[SAMPLE_ROWS] = {0};
-    for (int b = b0; b < b1; b++) {
-        Story *x = &t->st[t->row_of[b]];
-        if (x->pos < x->n_prompt - 1) continue;
-        lg[m] = t->logits + (size_t)b * t->vocab_size, smp[m++] = x->sampler;
-        bl_end_bias(lg[m - 1], t->end_bias, t->end_bias_after, x->pos - x->n_prompt + 2);
-    }
-    sample_rows(smp, lg, m, drawn);
-    for (int b = b0, k = 0; b < b1; b++) {
-        int i = t->row_of[b];
-        Story *x = &t->st[i];
-        int next = x->pos < x->n_prompt - 1 ? x->prompt[x->pos + 1] : drawn[k++];
-        x->pos++;
-        if (next == 1) x->done = 1;  // BOS: another story would begin
-        else {
-            if (x->pos >= x->n_prompt) t->tokens[(size_t)i * t->max_new + t->n_tokens[i]++] = next;
-            x->done = next == 2;      // EOS is kept, then the story ends
-            x->token = next;
-        }
+    int i = t->row_of[b];
+    Story *x = &t->st[i];
+    float *logits = t->logits + (size_t)b * t->vocab_size;
+    if (x->pos >= x->n_prompt - 1) bl_end_bias(logits, t->end_bias, t->end_bias_after, x->pos - x->n_prompt + 2);
+    int next = x->pos < x->n_prompt - 1 ? x->prompt[x->pos + 1] : bl_sample(x->sampler, logits);
+    x->pos++;
+    if (next == 1) x->done = 1;  // BOS: another story would begin
+    else {
+        if (x->pos >= x->n_prompt) t->tokens[(size_t)i * t->max_new + t->n_tokens[i]++] = next;
+        x->done = next == 2;      // EOS is kept, then the story ends
+        x->token = next;
     }
 }
 
@@ -1846,12 +1819,9 @@ int bl_generate_stories(const bl_model *m, int n, const int *const *prompts, con
         for (int i = 0; rc == BL_OK && i < n; i++)
             if (!st[i].done && st[i].pos < st[i].steps) tok[B] = st[i].token, pos[B] = st[i].pos, seq[B] = i, row_of[B++] = i;
         if (B == 0) break;
-        // the samplers are independent: groups of up to SAMPLE_ROWS stories, at least one per thread
-        int groups = (B + SAMPLE_ROWS - 1) / SAMPLE_ROWS, threads = thread_count();
-        groups = groups > threads ? groups : threads < B ? threads : B;
-        StepTask t = {st, row_of, forward_rows(s, B, tok, pos, seq, 1), tokens, n_tokens, B, (B + groups - 1) / groups,
-                      p->vocab_size, max_new, end_bias, end_bias_after};
-        parallel_for(story_group, &t, (B + t.group - 1) / t.group, (long)B * p->vocab_size);
+        StepTask t = {st, row_of, forward_rows(s, B, tok, pos, seq, 1), tokens, n_tokens, p->vocab_size, max_new,
+                      end_bias, end_bias_after};
+        parallel_for(story_step, &t, B, (long)B * p->vocab_size);  // the samplers are independent
     }
     for (int i = 0; st && i < n; i++) bl_sampler_free(st[i].sampler);
     bl_state_free(s);

@@ -275,23 +275,25 @@ static void head_values_fast(float *out, const float *att, const float *values, 
 }
 
 // run.c's candidates() 16 probabilities at a time: one comparison gives the mask of those at or
-// above the cutoff, and vpcompressd packs their keys (the complemented bits) and indexes to the
+// above the cutoff (and of the keys for the least and greatest), and vpcompressd packs their keys (the complemented bits) and indexes to the
 // front of two registers, which are interleaved into 8-byte words and stored under a mask; the
 // next store starts where the kept ones end. No branch and no per-item store: top-p's filter of a
 // 32000-token vocabulary takes about 4 us instead of 18. (Compress into a register, then a plain
 // store: vpcompressd straight to memory is microcoded and slow on AMD's Zen 4.)
 // Assumes AVX-512F; w has room for n words.
-static int candidates_fast(uint64_t *w, const float *p, int n, float cutoff) {
+static int candidates_fast(uint64_t *w, const float *p, int n, float cutoff, uint32_t range[2]) {
     const __m512i lo_pairs = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i hi_pairs = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     __m512i index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     __m512 cut = _mm512_set1_ps(cutoff);
+    __m512i lo = _mm512_set1_epi32(-1), hi = _mm512_setzero_si512();
     int n0 = 0;
     for (int i = 0; i < n; i += 16) {
         __mmask16 in = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
         __m512 x = _mm512_maskz_loadu_ps(in, p + i);
         __mmask16 keep = _mm512_mask_cmp_ps_mask(in, x, cut, _CMP_GE_OQ);
         __m512i key = _mm512_xor_si512(_mm512_castps_si512(x), _mm512_set1_epi32(-1));
+        lo = _mm512_mask_min_epu32(lo, keep, lo, key), hi = _mm512_mask_max_epu32(hi, keep, hi, key);
         __m512i k = _mm512_maskz_compress_epi32(keep, key), j = _mm512_maskz_compress_epi32(keep, index);
         int m = __builtin_popcount(keep);
         __mmask16 words = (__mmask16)((1u << m) - 1);  // masked stores: nothing written past the m words
@@ -300,6 +302,7 @@ static int candidates_fast(uint64_t *w, const float *p, int n, float cutoff) {
         n0 += m;
         index = _mm512_add_epi32(index, _mm512_set1_epi32(16));
     }
+    range[0] = _mm512_reduce_min_epu32(lo), range[1] = _mm512_reduce_max_epu32(hi);
     return n0;
 }
 
@@ -587,41 +590,26 @@ static int expf_vector(void) {
     return expf_vector_ok;
 }
 
-// run.c's exp_sums, bit for bit: the exponentials 16 at a time (expf16), each row's sum still one
-// addition at a time in order (llama2.c's rounding). Those additions wait on each other, about 3
-// cycles each; meanwhile the next exponentials are computed and the other rows' sums advance, so R
-// rows cost about as much as one row's chain of additions. R is a constant after inlining (the sums
-// stay in registers).
-SIMD_INLINE void exp_sums_r(float *const *x, int n, const float *max, float *sum, int R) {
-    float s[SAMPLE_ROWS] = {0};
+// run.c's exp_sum, bit for bit: the exponentials 16 at a time (expf16), and their sum 64 terms at
+// a time where add_in_any_order can (else one by one in order, as run.c): a vocabulary's sum is
+// then not a chain of 32,000 additions that wait on each other.
+static float exp_sum_fast(float *x, int n, float max) {
+    if (!expf_vector()) return exp_sum(x, n, max);
+    float sum = 0.0f;
     int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        for (int r = 0; r < R; r++)
-            _mm512_storeu_ps(x[r] + i, expf16(_mm512_sub_ps(_mm512_loadu_ps(x[r] + i), _mm512_set1_ps(max[r]))));
-        for (int j = i; j < i + 16; j++)
-            for (int r = 0; r < R; r++) s[r] += x[r][j];
+    for (; i + 64 <= n; i += 64) {
+        for (int j = i; j < i + 64; j += 16)
+            _mm512_storeu_ps(x + j, expf16(_mm512_sub_ps(_mm512_loadu_ps(x + j), _mm512_set1_ps(max))));
+        float whole = add_in_any_order(sum, x + i, 64);
+        if (whole >= 0.0f) sum = whole;
+        else
+            for (int j = i; j < i + 64; j++) sum += x[j];
     }
-    for (; i < n; i++)
-        for (int r = 0; r < R; r++) {
-            x[r][i] = expf(x[r][i] - max[r]);
-            s[r] += x[r][i];
-        }
-    for (int r = 0; r < R; r++) sum[r] = s[r];
-}
-
-static void exp_sums_fast(float *const *x, int R, int n, const float *max, float *sum) {
-    if (!expf_vector()) R = 0;  // another libm: expf it is (the default case)
-    switch (R) {
-    case 1: exp_sums_r(x, n, max, sum, 1); break;
-    case 2: exp_sums_r(x, n, max, sum, 2); break;
-    case 3: exp_sums_r(x, n, max, sum, 3); break;
-    case 4: exp_sums_r(x, n, max, sum, 4); break;
-    case 5: exp_sums_r(x, n, max, sum, 5); break;
-    case 6: exp_sums_r(x, n, max, sum, 6); break;
-    case 7: exp_sums_r(x, n, max, sum, 7); break;
-    case 8: exp_sums_r(x, n, max, sum, 8); break;
-    default: exp_sums(x, R, n, max, sum);
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
     }
+    return sum;
 }
 
 // run.c's swiglu, bit for bit: the same operations, 16 at a time.
@@ -654,6 +642,6 @@ static void rows_q8_fast(float *y, const int8_t *xq, const float *xs, const int8
 #else
 #define rows_q8_fast rows_q8
 #define quantize_fast quantize
-#define exp_sums_fast exp_sums
+#define exp_sum_fast exp_sum
 #define swiglu_fast swiglu
 #endif

@@ -422,36 +422,6 @@ static void test_sampler(void) {
     CHECK(bl_sampler_new(4, 1.0f, 0.9f, 0, 0, &s, err, sizeof err) == BL_ERR_ARG, "seed 0");
 }
 
-// Up to 8 rows drawn side by side (sample_rows: a batch's step) give each row what bl_sample
-// alone gives it, and leave the same probabilities: temperatures 0, 1 and 0.7, top-p, top-k and
-// plain draws mixed, 10 rounds.
-static void test_sample_rows(void) {
-    enum { NV = 1000, R = 8 };
-    static float logits[R][NV], alone[R][NV];
-    const float temp[R] = {1.0f, 0.0f, 0.7f, 1.0f, 1.0f, 1.0f, 0.7f, 1.0f}, top_p[R] = {1.0f, 0.9f, 0.0f, 0.9f, 1.0f, 0.5f, 1.0f, 0.0f};
-    const int top_k[R] = {0, 0, 0, 0, 5, 0, 0, 0};
-    bl_sampler *side[R], *one[R];
-    char err[BL_ERRLEN];
-    int bad = 0;
-    for (int r = 0; r < R; r++) {
-        bl_sampler_new(NV, temp[r], top_p[r], top_k[r], 11 + r, &side[r], err, sizeof err);
-        bl_sampler_new(NV, temp[r], top_p[r], top_k[r], 11 + r, &one[r], err, sizeof err);
-    }
-    for (int round = 0; round < 10; round++) {
-        int rows = 1 + round % R, got[R];
-        float *ptr[R];
-        for (int r = 0; r < rows; r++) {
-            for (int i = 0; i < NV; i++) logits[r][i] = alone[r][i] = (round % 2 ? 0.05f : 4.0f) * rnd();
-            ptr[r] = logits[r];
-        }
-        sample_rows(side, ptr, rows, got);
-        for (int r = 0; r < rows; r++)
-            bad += got[r] != bl_sample(one[r], alone[r]) || memcmp(logits[r], alone[r], sizeof alone[r]) != 0;
-    }
-    CHECK(bad == 0, "sample_rows differs from bl_sample row by row in %d draws", bad);
-    for (int r = 0; r < R; r++) bl_sampler_free(side[r]), bl_sampler_free(one[r]);
-}
-
 // One thread's work on a shared model: logits of a sequence, an encoding, 8 sampled tokens.
 typedef struct {
     const bl_model *m;
@@ -496,6 +466,50 @@ static void test_threads(void) {
     bl_model_close(m);
 }
 
+// add_in_any_order gives the bits of one-by-one addition or declines (-1): sums of many sizes,
+// terms small and large, halfway cases, sums that pass a power of two; and it does not always
+// decline. Then sample_mult, which adds blocks with it, against a plain walk, on 32,000 tokens.
+static void test_sums_any_order(void) {
+    float x[100];
+    int wrong = 0, whole = 0;
+    for (int t = 0; t < 4000; t++) {
+        int n = 1 + t % 100, kind = t % 5;
+        float s = ldexpf(1.0f + rnd() + 0.5f, -(t % 30));  // 2^-29 .. 4
+        for (int i = 0; i < n; i++)
+            x[i] = kind == 0 ? s * 1e-3f * (rnd() + 0.5f)                         // small terms
+                 : kind == 1 ? s * 0.1f * (rnd() + 0.5f)                          // the sum passes 2^k
+                 : kind == 2 ? ldexpf((float)(1 + 2 * (i % 9)), -26 - t % 8)      // halfway at some sums
+                 : kind == 3 ? s * 1e-9f * (rnd() + 0.5f) : 0.0f;                 // below half a unit; zeros
+        float seq = s;
+        for (int i = 0; i < n; i++) seq += x[i];
+        float got = add_in_any_order(s, x, n);
+        wrong += got != -1.0f && memcmp(&got, &seq, sizeof got) != 0;
+        whole += got != -1.0f;
+    }
+    CHECK(wrong == 0 && whole > 1000, "add_in_any_order: %d wrong sums, %d of 4000 computed whole", wrong, whole);
+    enum { V = 32000 };
+    static float p[V];
+    int differ = 0;
+    for (int kind = 0; kind < 3; kind++) {
+        for (int i = 0; i < V; i++)
+            p[i] = kind == 0 ? 0.05f * rnd() : kind == 1 ? -1.5f * logf(1.0f + (float)((i * 7919) % V)) : 3.0f * rnd();
+        softmax(p, V);
+        for (int c = 0; c < 100; c++) {
+            float coin = (c + 0.5f) / 100.0f, cdf = 0.0f;
+            int want = V - 1;
+            for (int i = 0; i < V; i++) {
+                cdf += p[i];
+                if (coin < cdf) {
+                    want = i;
+                    break;
+                }
+            }
+            differ += sample_mult(p, V, coin) != want;
+        }
+    }
+    CHECK(differ == 0, "sample_mult differs from a plain walk in %d of 300 draws", differ);
+}
+
 // The radix sort behind top-p and top-k orders like a stable descending sort (llama2.c's qsort on
 // glibc): flat, peaked, tied and zero probabilities; checked against an insertion sort.
 static void test_sort_desc(void) {
@@ -536,8 +550,10 @@ static void test_candidates(void) {
             for (int i = 0; i < n; i++) p[i] = i % 11 == 3 ? NAN : rnd() + 0.5f;
             float cutoff = c == 0 ? 0.0f : c == 1 ? 0.5f : c == 2 ? 0.8f : 2.0f;
             got[n] = 12345;  // must survive: nothing is written past the kept words
-            int n1 = candidates(want, p, n, cutoff), n2 = candidates_fast(got, p, n, cutoff);
+            uint32_t r1[2], r2[2];
+            int n1 = candidates(want, p, n, cutoff, r1), n2 = candidates_fast(got, p, n, cutoff, r2);
             bad += n1 != n2 || memcmp(want, got, (size_t)n1 * sizeof want[0]) != 0 || got[n] != 12345;
+            bad += memcmp(r1, r2, sizeof r1) != 0;
         }
     CHECK(bad == 0, "candidates_fast differs from candidates in %d of %d cases", bad, 4 * (N + 1));
 }
@@ -652,31 +668,17 @@ static void test_expf_bits(void) {
             memcpy(&in[m], &bits, 4);
         }
         memcpy(got, in, sizeof got);
-        float *row = got, zero = 0.0f, sum;
-        exp_sums_fast(&row, 1, m, &zero, &sum);
+        exp_sum_fast(got, m, 0.0f);
         for (int i = 0; i < m; i++, n++) {
             float want = expf(in[i]);
             bad += memcmp(&want, &got[i], 4) != 0 && !(isnan(want) && isnan(got[i]));
         }
     }
-    CHECK(bad == 0, "exp_sums_fast differs from expf in %ld of %ld arguments", bad, n);
-    // 1 to 8 rows side by side, of a length that leaves a tail: the values and each row's sum
     for (int i = 0; i < N; i++) in[i] = 12.0f * rnd(), got[i] = in[i];
-    enum { L = N / 8 - 3 };
-    for (int R = 1; R <= 8; R++) {
-        float *want_rows[8], *got_rows[8], max[8], want_sum[8], got_sum[8];
-        for (int r = 0; r < R; r++) {
-            want_rows[r] = in + r * (N / 8), got_rows[r] = got + r * (N / 8), max[r] = 5.0f + (float)r;
-            memcpy(got_rows[r], want_rows[r], L * sizeof(float));
-        }
-        exp_sums(want_rows, R, L, max, want_sum);
-        exp_sums_fast(got_rows, R, L, max, got_sum);
-        int same = 1;
-        for (int r = 0; r < R; r++)
-            same &= memcmp(want_rows[r], got_rows[r], L * sizeof(float)) == 0 && memcmp(&want_sum[r], &got_sum[r], 4) == 0;
-        CHECK(same, "exp_sums_fast differs from exp_sums on %d rows", R);
-        for (int i = 0; i < N; i++) in[i] = 12.0f * rnd(), got[i] = in[i];
-    }
+    float sum = exp_sum_fast(got, N - 3, 5.0f), want_sum = exp_sum(in, N - 3, 5.0f);  // a length that leaves a tail
+    for (int i = 0; i < N - 3; i++, n++) bad += memcmp(&in[i], &got[i], 4) != 0;
+    CHECK(bad == 0, "exp_sum_fast differs from expf in %ld of %ld arguments", bad, n);
+    CHECK(memcmp(&sum, &want_sum, sizeof sum) == 0, "exp_sum_fast's sum %.9g differs from exp_sum's %.9g", sum, want_sum);
     static float h1[N], h2[N], h3[N];  // SwiGLU, which takes expf too: the same bits
     for (int i = 0; i < N; i++) h1[i] = h2[i] = 30.0f * rnd(), h3[i] = rnd();
     h1[7] = h2[7] = -100.0f, h1[8] = h2[8] = 95.0f, h1[9] = h2[9] = NAN;
@@ -868,7 +870,7 @@ int main(void) {
     test_sampler();
     test_threads();
     test_sort_desc();
-    test_sample_rows();
+    test_sums_any_order();
     test_candidates();
     test_quantize();
     test_expf_bits();
