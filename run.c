@@ -497,14 +497,28 @@ static float add_in_any_order(float s, const float *x, int n) {
     return (float)units / scale;
 }
 
-// x[i] = expf(x[i] - max); returns their sum, added one by one in order as llama2.c does
-static float exp_sum(float *x, int n, float max) {
+// x[0] + ... + x[n-1], added one by one in order as llama2.c does: 64 terms at a time where
+// add_in_any_order can, else one by one. (Terms >= 0.)
+static float sum_in_order(const float *x, int n) {
     float sum = 0.0f;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
+    for (int i = 0; i < n; i += 64) {
+        int m = n - i < 64 ? n - i : 64;
+        float whole = add_in_any_order(sum, x + i, m);
+        if (whole >= 0.0f) sum = whole;
+        else
+            for (int j = i; j < i + m; j++) sum += x[j];
     }
     return sum;
+}
+
+typedef struct {
+    float *x, max;
+    int n, chunk;
+} ExpTask;
+
+// x[i] = expf(x[i] - max)
+static void exp_shifted(float *x, int n, float max) {
+    for (int i = 0; i < n; i++) x[i] = expf(x[i] - max);
 }
 
 // y[b, i] = W[i, :] . x[b, :] for rows i0 <= i < i1 of W[d, n] and the B rows of x[B, n] (fp32).
@@ -620,22 +634,30 @@ static void add(float *x, const float *y, size_t n) {
 #define rows_f32_fast rows_f32
 #define rows_q8_fast rows_q8
 #define quantize_fast quantize
-#define exp_sum_fast exp_sum
+#define exp_shifted_fast exp_shifted
 #define swiglu_fast swiglu
 #define head_scores_fast head_scores
 #define head_values_fast head_values
 #define candidates_fast candidates
 #endif
 
+static void exp_chunk(void *arg, int c) {
+    const ExpTask *t = arg;
+    int end = (c + 1) * t->chunk < t->n ? (c + 1) * t->chunk : t->n;
+    exp_shifted_fast(t->x + (size_t)c * t->chunk, end - c * t->chunk, t->max);
+}
+
 // In place; subtracting the max keeps expf from overflowing. Bit for bit llama2.c's result, which
 // fixes libm's expf and the order of the sum; what may change without changing a bit is: the max
-// (vectorized), the expf calls (fast builds compute glibc's expf 16 at a time: exp_sum_fast), and
-// the divisions (vectorized).
+// (vectorized), the expf calls (on the thread pool for a vocabulary; fast builds compute glibc's
+// expf 16 at a time, exp_shifted_fast), the sum (sum_in_order) and the divisions (vectorized).
 static void softmax(float *x, int n) {
     float max = x[0];
     #pragma omp simd reduction(max:max)
     for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
-    float sum = exp_sum_fast(x, n, max);
+    ExpTask t = {x, max, n, 4096};
+    parallel_for(exp_chunk, &t, (n + t.chunk - 1) / t.chunk, 16L * n);  // expf: about 16 multiply-adds
+    float sum = sum_in_order(x, n);
     #pragma omp simd
     for (int i = 0; i < n; i++) x[i] /= sum;
 }

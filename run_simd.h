@@ -556,7 +556,7 @@ SIMD_INLINE __m512 expf16(__m512 v) {
     return _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1);
 }
 
-// x[i] = expf(x[i] - max) for i < n, with expf16 (unchecked: see expf_check).
+// x[i] = expf(x[i] - max) for i < n, with expf16 (unchecked: see exp_shifted_fast).
 static void exp_shifted_vector(float *x, int n, float max) {
     int i = 0;
     for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, expf16(_mm512_sub_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(max))));
@@ -590,26 +590,10 @@ static int expf_vector(void) {
     return expf_vector_ok;
 }
 
-// run.c's exp_sum, bit for bit: the exponentials 16 at a time (expf16), and their sum 64 terms at
-// a time where add_in_any_order can (else one by one in order, as run.c): a vocabulary's sum is
-// then not a chain of 32,000 additions that wait on each other.
-static float exp_sum_fast(float *x, int n, float max) {
-    if (!expf_vector()) return exp_sum(x, n, max);
-    float sum = 0.0f;
-    int i = 0;
-    for (; i + 64 <= n; i += 64) {
-        for (int j = i; j < i + 64; j += 16)
-            _mm512_storeu_ps(x + j, expf16(_mm512_sub_ps(_mm512_loadu_ps(x + j), _mm512_set1_ps(max))));
-        float whole = add_in_any_order(sum, x + i, 64);
-        if (whole >= 0.0f) sum = whole;
-        else
-            for (int j = i; j < i + 64; j++) sum += x[j];
-    }
-    for (; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
-    }
-    return sum;
+// run.c's exp_shifted (x[i] = expf(x[i] - max)), bit for bit.
+static void exp_shifted_fast(float *x, int n, float max) {
+    if (expf_vector()) exp_shifted_vector(x, n, max);
+    else exp_shifted(x, n, max);
 }
 
 // run.c's swiglu, bit for bit: the same operations, 16 at a time.
@@ -642,6 +626,6 @@ static void rows_q8_fast(float *y, const int8_t *xq, const float *xs, const int8
 #else
 #define rows_q8_fast rows_q8
 #define quantize_fast quantize
-#define exp_sum_fast exp_sum
+#define exp_shifted_fast exp_shifted
 #define swiglu_fast swiglu
 #endif

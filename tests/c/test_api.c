@@ -468,7 +468,8 @@ static void test_threads(void) {
 
 // add_in_any_order gives the bits of one-by-one addition or declines (-1): sums of many sizes,
 // terms small and large, halfway cases, sums that pass a power of two; and it does not always
-// decline. Then sample_mult, which adds blocks with it, against a plain walk, on 32,000 tokens.
+// decline. Then sum_in_order and sample_mult, which add blocks with it, against one by one, on
+// 32,000 tokens.
 static void test_sums_any_order(void) {
     float x[100];
     int wrong = 0, whole = 0;
@@ -489,10 +490,15 @@ static void test_sums_any_order(void) {
     CHECK(wrong == 0 && whole > 1000, "add_in_any_order: %d wrong sums, %d of 4000 computed whole", wrong, whole);
     enum { V = 32000 };
     static float p[V];
-    int differ = 0;
+    int differ = 0, sums_differ = 0;
     for (int kind = 0; kind < 3; kind++) {
         for (int i = 0; i < V; i++)
             p[i] = kind == 0 ? 0.05f * rnd() : kind == 1 ? -1.5f * logf(1.0f + (float)((i * 7919) % V)) : 3.0f * rnd();
+        exp_shifted(p, V, 0.0f);  // the softmax's terms: sum_in_order against one by one
+        float plain = 0.0f, blocks = sum_in_order(p, V);
+        for (int i = 0; i < V; i++) plain += p[i];
+        sums_differ += memcmp(&plain, &blocks, sizeof plain) != 0;
+        for (int i = 0; i < V; i++) p[i] = logf(p[i]);
         softmax(p, V);
         for (int c = 0; c < 100; c++) {
             float coin = (c + 0.5f) / 100.0f, cdf = 0.0f;
@@ -507,6 +513,7 @@ static void test_sums_any_order(void) {
             differ += sample_mult(p, V, coin) != want;
         }
     }
+    CHECK(sums_differ == 0, "sum_in_order differs from adding one by one in %d of 3 vocabularies", sums_differ);
     CHECK(differ == 0, "sample_mult differs from a plain walk in %d of 300 draws", differ);
 }
 
@@ -668,17 +675,19 @@ static void test_expf_bits(void) {
             memcpy(&in[m], &bits, 4);
         }
         memcpy(got, in, sizeof got);
-        exp_sum_fast(got, m, 0.0f);
+        exp_shifted_fast(got, m, 0.0f);
         for (int i = 0; i < m; i++, n++) {
             float want = expf(in[i]);
             bad += memcmp(&want, &got[i], 4) != 0 && !(isnan(want) && isnan(got[i]));
         }
     }
     for (int i = 0; i < N; i++) in[i] = 12.0f * rnd(), got[i] = in[i];
-    float sum = exp_sum_fast(got, N - 3, 5.0f), want_sum = exp_sum(in, N - 3, 5.0f);  // a length that leaves a tail
-    for (int i = 0; i < N - 3; i++, n++) bad += memcmp(&in[i], &got[i], 4) != 0;
-    CHECK(bad == 0, "exp_sum_fast differs from expf in %ld of %ld arguments", bad, n);
-    CHECK(memcmp(&sum, &want_sum, sizeof sum) == 0, "exp_sum_fast's sum %.9g differs from exp_sum's %.9g", sum, want_sum);
+    exp_shifted_fast(got, N - 3, 5.0f);  // a length that leaves a tail
+    for (int i = 0; i < N - 3; i++, n++) {
+        float want = expf(in[i] - 5.0f);
+        bad += memcmp(&want, &got[i], 4) != 0;
+    }
+    CHECK(bad == 0, "exp_shifted_fast differs from expf in %ld of %ld arguments", bad, n);
     static float h1[N], h2[N], h3[N];  // SwiGLU, which takes expf too: the same bits
     for (int i = 0; i < N; i++) h1[i] = h2[i] = 30.0f * rnd(), h3[i] = rnd();
     h1[7] = h2[7] = -100.0f, h1[8] = h2[8] = 95.0f, h1[9] = h2[9] = NAN;
