@@ -949,23 +949,42 @@ static void rmsnorm_rows(float *o, const float *x, const float *weight, int n, i
     parallel_for(norm_row, &t, B, 16L * B * n);
 }
 
+typedef struct {
+    bl_state *s;
+    int l;
+} RowTask;
+
+// Row b's query and key rotated (RoPE), then its key and value stored in the cache at its position.
+static void rope_row(void *arg, int b) {
+    const RowTask *t = arg;
+    bl_state *s = t->s;
+    const bl_config *p = &s->m->cfg;
+    int D = p->dim, KV = kv_dim(p), hs = p->dim / p->n_heads;
+    const float *cs = s->rope + (size_t)b * hs;
+    rope(s->q + (size_t)b * D, D, hs, cs);
+    rope(s->k + (size_t)b * KV, KV, hs, cs);
+    memcpy(cache_row(s, s->key_cache, s->seq[b], t->l, s->pos[b]), s->k + (size_t)b * KV, (size_t)KV * sizeof(float));
+    memcpy(cache_row(s, s->value_cache, s->seq[b], t->l, s->pos[b]), s->v + (size_t)b * KV, (size_t)KV * sizeof(float));
+}
+
+static void swiglu_row(void *arg, int b) {
+    const RowTask *t = arg;
+    size_t H = (size_t)t->s->m->cfg.hidden_dim;
+    swiglu_fast(t->s->hb + b * H, t->s->hb2 + b * H, H);
+}
+
 // One transformer block over the pass's B rows: attention then feed-forward, each added to the
-// residual stream.
+// residual stream. The row-wise steps between the matrix products run on the thread pool when a
+// prompt or a batch makes them worth it (SwiGLU's expf: weighed as 16 multiply-adds a value).
 static void block(bl_state *s, int l, int B) {
     const bl_config *p = &s->m->cfg;
     const Weights *w = &s->m->w;
     size_t D = (size_t)p->dim, H = (size_t)p->hidden_dim, KV = (size_t)kv_dim(p);
-    int hs = p->dim / p->n_heads;
     rmsnorm_rows(s->xb, s->x, f32(&w->rms_att, l), (int)D, B);
     MatJob qkv[3] = {{s->q, &w->wq}, {s->k, &w->wk}, {s->v, &w->wv}};
     matmuls(s, l, s->xb, B, qkv, 3);
-    for (int b = 0; b < B; b++) {  // rotate, then store this position's key and value in the cache
-        const float *cs = s->rope + (size_t)b * hs;
-        rope(s->q + b * D, (int)D, hs, cs);
-        rope(s->k + b * KV, (int)KV, hs, cs);
-        memcpy(cache_row(s, s->key_cache, s->seq[b], l, s->pos[b]), s->k + b * KV, KV * sizeof(float));
-        memcpy(cache_row(s, s->value_cache, s->seq[b], l, s->pos[b]), s->v + b * KV, KV * sizeof(float));
-    }
+    RowTask rows = {s, l};
+    parallel_for(rope_row, &rows, B, 4L * B * (long)(D + KV));
     attention(s, l, B);
     MatJob o[1] = {{s->xb2, &w->wo}};
     matmuls(s, l, s->xb, B, o, 1);
@@ -973,7 +992,7 @@ static void block(bl_state *s, int l, int B) {
     rmsnorm_rows(s->xb, s->x, f32(&w->rms_ffn, l), (int)D, B);
     MatJob up[2] = {{s->hb, &w->w1}, {s->hb2, &w->w3}};
     matmuls(s, l, s->xb, B, up, 2);
-    swiglu_fast(s->hb, s->hb2, B * H);
+    parallel_for(swiglu_row, &rows, B, 16L * B * (long)H);
     MatJob down[1] = {{s->xb2, &w->w2}};
     matmuls(s, l, s->hb, B, down, 1);
     add(s->x, s->xb2, B * D);
