@@ -558,9 +558,13 @@ SIMD_INLINE __m512 expf16(__m512 v) {
 
 // x[i] = expf(x[i] - max) for i < n, with expf16 (unchecked: see exp_shifted_fast).
 static void exp_shifted_vector(float *x, int n, float max) {
+    const __m512 m = _mm512_set1_ps(max);
     int i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, expf16(_mm512_sub_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(max))));
-    for (; i < n; i++) x[i] = expf(x[i] - max);
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, expf16(_mm512_sub_ps(_mm512_loadu_ps(x + i), m)));
+    if (i < n) {  // the tail under a mask; the lanes past n hold max (expf(0): no slow lane)
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(x + i, k, expf16(_mm512_sub_ps(_mm512_mask_loadu_ps(m, k, x + i), m)));
+    }
 }
 
 static int expf_vector_ok;  // expf8 gives the linked expf's bits (set once by expf_check)
