@@ -1361,8 +1361,8 @@ struct bl_sampler {
     int top_k;               // 0: off
     unsigned long long rng;  // xorshift* state
     uint64_t *cand, *spare;  // [vocab_size] top-p / top-k candidates as words (candidate()); the sort's other buffer
-    float *cum;              // [vocab_size] top-k's sorted probabilities, then their running sums; top-p's sums
-                             // before each bucket
+    float *cum;              // [vocab_size + TOPP_BUCKETS + 1] top-k's sorted probabilities, then their running
+                             // sums; top-p's sums before each bucket
     float *prob;             // [vocab_size] the probabilities of a top-p bucket
     int *start;              // [TOPP_BUCKETS + 1] where each top-p bucket begins in spare
 };
@@ -1445,7 +1445,8 @@ static int candidates(uint64_t *w, const float *p, int n, float cutoff, uint32_t
 // llama2.c's qsort gives (glibc's qsort is a stable merge sort), in O(n) instead of O(n log n):
 // an LSD radix sort on the keys, only over the bits in which they differ, in as few passes of at
 // most 11 bits as they need (2 passes of 10 bits for a flat distribution). One read counts the
-// digits of every pass at once. Returns w or tmp, whichever holds the result.
+// digits of every pass at once. Returns w or tmp, whichever holds the result. Top-k sorts with it;
+// top-p only its buckets of more than 64.
 static uint64_t *sort_desc(uint64_t *w, uint64_t *tmp, int n) {
     uint32_t lo = UINT32_MAX, hi = 0;
     for (int i = 0; i < n; i++) {

@@ -517,8 +517,9 @@ static void test_sums_any_order(void) {
     CHECK(differ == 0, "sample_mult differs from a plain walk in %d of 300 draws", differ);
 }
 
-// The radix sort behind top-p and top-k orders like a stable descending sort (llama2.c's qsort on
-// glibc): flat, peaked, tied and zero probabilities; checked against an insertion sort.
+// The radix sort behind top-k (and top-p's large buckets) orders like a stable descending sort
+// (llama2.c's qsort on glibc): flat, peaked, tied and zero probabilities; checked against an
+// insertion sort.
 static void test_sort_desc(void) {
     enum { N = 700 };
     uint64_t a[N], b[N], tmp[N];
