@@ -49,7 +49,7 @@ debug: run_debug
 # C test programs (tests/c/*.c include run.c with -DBABYLLAMA_NO_MAIN): build/<name> is optimized
 # (the Python tests drive it), build/<name>_debug runs under ASan + UBSan, build/<name>_tsan under
 # ThreadSanitizer, without OpenMP (whose runtime is not instrumented).
-build/%: tests/c/%.c run.c run_simd.h babyllama.h
+build/%: tests/c/%.c run.c run_simd.h babyllama.h tests/c/llama2c_topp.h
 	@mkdir -p build
 	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -I. -o $@ $< -lm $(PTHREAD)
 
@@ -71,19 +71,19 @@ build/speed_serial: bench/speed.c run.c run_simd.h babyllama.h
 	@mkdir -p build
 	$(CC) $(WARN) $(CFLAGS) $(SIMD) -I. -o $@ $< -lm $(PTHREAD)
 
-build/topp: bench/topp.c run.c run_simd.h babyllama.h
+build/topp: bench/topp.c run.c run_simd.h babyllama.h tests/c/llama2c_topp.h
 	@mkdir -p build
 	$(CC) $(WARN) $(CFLAGS) $(SIMD) -I. -o $@ $< -lm $(PTHREAD)
 
-build/%_ref: tests/c/%.c run.c babyllama.h
+build/%_ref: tests/c/%.c run.c babyllama.h tests/c/llama2c_topp.h
 	@mkdir -p build
 	$(CC) $(WARN) $(CFLAGS) $(OPENMP) -DBL_REFERENCE -I. -o $@ $< -lm $(PTHREAD)
 
-build/%_debug: tests/c/%.c run.c run_simd.h babyllama.h
+build/%_debug: tests/c/%.c run.c run_simd.h babyllama.h tests/c/llama2c_topp.h
 	@mkdir -p build
 	$(CC) $(WARN) $(SANITIZE) -DPARALLEL_MIN_WORK=1 -pthread -I. -o $@ $< -lm $(PTHREAD)
 
-build/%_tsan: tests/c/%.c run.c run_simd.h babyllama.h
+build/%_tsan: tests/c/%.c run.c run_simd.h babyllama.h tests/c/llama2c_topp.h
 	@mkdir -p build
 	$(CC) $(WARN) -g -O1 $(TSAN) $(SIMD) -DPARALLEL_MIN_WORK=1 -I. -o $@ $< -lm $(PTHREAD)
 
@@ -153,7 +153,7 @@ fuzz: fuzz-regress
 # ---- valgrind: the C API tests built without sanitizers, and one generation of ./run ------------
 VALGRIND := valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible --quiet
 
-build/test_api_plain: tests/c/test_api.c run.c run_simd.h babyllama.h
+build/test_api_plain: tests/c/test_api.c run.c run_simd.h babyllama.h tests/c/llama2c_topp.h
 	@mkdir -p build
 	$(CC) $(WARN) -g -O1 $(SIMD) -pthread -I. -o $@ $< -lm $(PTHREAD)
 

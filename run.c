@@ -898,16 +898,17 @@ static float *cache_row(const bl_state *s, float *cache, int seq, int l, int pos
     return cache + (((size_t)seq * p->n_layers + l) * s->n_pos + pos) * kv_dim(p);
 }
 
+// A step of layer l over the pass's rows (attention, RoPE, SwiGLU): items are rows or (row, head).
 typedef struct {
     bl_state *s;
     int l;
-} AttTask;
+} LayerTask;
 
 // One (row, head) of attention: s->xb's slice = that head's attention of the row's query over
 // positions 0..pos of its sequence's layer-l cache. Query head h reads key/value head
 // h / (n_heads / n_kv_heads): grouped-query attention.
 static void attention_head(void *arg, int bh) {
-    const AttTask *t = arg;
+    const LayerTask *t = arg;
     bl_state *s = t->s;
     const bl_config *p = &s->m->cfg;
     int hs = p->dim / p->n_heads, KV = kv_dim(p), group = p->n_heads / p->n_kv_heads;
@@ -923,7 +924,7 @@ static void attention_head(void *arg, int bh) {
 
 // s->xb = attention for every row and head of the pass.
 static void attention(bl_state *s, int l, int B) {
-    AttTask t = {s, l};
+    LayerTask t = {s, l};
     long work = 0;
     // 2 multiply-adds per cached float (scores, values), read from L2 or L3 rather than L1: weighed
     // 4x, which puts a stories15M token's attention on 2 threads (+8% decode int8, side by side)
@@ -949,14 +950,9 @@ static void rmsnorm_rows(float *o, const float *x, const float *weight, int n, i
     parallel_for(norm_row, &t, B, 16L * B * n);
 }
 
-typedef struct {
-    bl_state *s;
-    int l;
-} RowTask;
-
 // Row b's query and key rotated (RoPE), then its key and value stored in the cache at its position.
 static void rope_row(void *arg, int b) {
-    const RowTask *t = arg;
+    const LayerTask *t = arg;
     bl_state *s = t->s;
     const bl_config *p = &s->m->cfg;
     int D = p->dim, KV = kv_dim(p), hs = p->dim / p->n_heads;
@@ -968,7 +964,7 @@ static void rope_row(void *arg, int b) {
 }
 
 static void swiglu_row(void *arg, int b) {
-    const RowTask *t = arg;
+    const LayerTask *t = arg;
     size_t H = (size_t)t->s->m->cfg.hidden_dim;
     swiglu_fast(t->s->hb + b * H, t->s->hb2 + b * H, H);
 }
@@ -983,7 +979,7 @@ static void block(bl_state *s, int l, int B) {
     rmsnorm_rows(s->xb, s->x, f32(&w->rms_att, l), (int)D, B);
     MatJob qkv[3] = {{s->q, &w->wq}, {s->k, &w->wk}, {s->v, &w->wv}};
     matmuls(s, l, s->xb, B, qkv, 3);
-    RowTask rows = {s, l};
+    LayerTask rows = {s, l};
     parallel_for(rope_row, &rows, B, 4L * B * (long)(D + KV));
     attention(s, l, B);
     MatJob o[1] = {{s->xb2, &w->wo}};

@@ -14,6 +14,7 @@
  */
 #define BABYLLAMA_NO_MAIN
 #include "../run.c"
+#include "../tests/c/llama2c_topp.h"
 
 enum { V = 32000, CALLS = 20, ROUNDS = 15 };
 
@@ -23,41 +24,14 @@ static double now_us(void) {
     return t.tv_sec * 1e6 + t.tv_nsec * 1e-3;
 }
 
-typedef struct {
-    float prob;
-    int index;
-} ProbIndex;
-
-static int cmp_prob_desc(const void *a, const void *b) {
-    const ProbIndex *x = a, *y = b;
-    return x->prob > y->prob ? -1 : x->prob < y->prob ? 1 : 0;
-}
-
 // llama2.c's sample_topp: the same filter, qsort of every candidate, two walks of the nucleus
 static int llama2c_topp(bl_sampler *s, float *logits) {
     static ProbIndex pi[V];
     for (int i = 0; i < V; i++) logits[i] /= s->temperature;
     softmax(logits, V);
-    float coin = random_f32(&s->rng), cutoff = (1.0f - s->top_p) / (float)(V - 1);
-    int n0 = 0;
-    for (int i = 0; i < V; i++)
-        if (logits[i] >= cutoff) pi[n0++] = (ProbIndex){logits[i], i};
-    qsort(pi, (size_t)n0, sizeof(ProbIndex), cmp_prob_desc);
-    float cum = 0.0f;
-    int last = n0 - 1;
-    for (int i = 0; i < n0; i++) {
-        cum += pi[i].prob;
-        if (cum > s->top_p) {
-            last = i;
-            break;
-        }
-    }
-    float r = coin * cum, cdf = 0.0f;
-    for (int i = 0; i <= last; i++) {
-        cdf += pi[i].prob;
-        if (r < cdf) return pi[i].index;
-    }
-    return pi[last].index;
+    float coin = random_f32(&s->rng);
+    int n0 = llama2c_candidates(logits, V, s->top_p, pi);
+    return llama2c_draw(pi, n0, s->top_p, coin);
 }
 
 static int cmp_double(const void *a, const void *b) {

@@ -13,6 +13,7 @@
  */
 #define BABYLLAMA_NO_MAIN
 #include "run.c"
+#include "llama2c_topp.h"
 
 #include <pthread.h>
 
@@ -566,49 +567,10 @@ static void test_candidates(void) {
     CHECK(bad == 0, "candidates_fast differs from candidates in %d of %d cases", bad, 4 * (N + 1));
 }
 
-// llama2.c's sample_topp in two steps: its candidates, filtered and sorted (qsort by descending
-// probability; glibc's qsort is a stable merge sort, so ties stay in index order), then its two
-// walks of the nucleus for one coin.
-typedef struct {
-    float prob;
-    int index;
-} ProbIndex;
-
-static int cmp_desc_stable(const void *a, const void *b) {
-    const ProbIndex *x = a, *y = b;
-    return x->prob > y->prob ? -1 : x->prob < y->prob ? 1 : (x->index > y->index) - (x->index < y->index);
-}
-
-static int llama2c_candidates(const float *p, int n, float top_p, ProbIndex *pi) {
-    int n0 = 0;
-    float cutoff = (1.0f - top_p) / (float)(n - 1);
-    for (int i = 0; i < n; i++)
-        if (p[i] >= cutoff) pi[n0++] = (ProbIndex){p[i], i};
-    qsort(pi, (size_t)n0, sizeof *pi, cmp_desc_stable);
-    return n0;
-}
-
-static int llama2c_draw(const ProbIndex *pi, int n0, float top_p, float coin) {
-    float cum = 0.0f;
-    int last = n0 - 1;
-    for (int i = 0; i < n0; i++) {
-        cum += pi[i].prob;
-        if (cum > top_p) {
-            last = i;
-            break;
-        }
-    }
-    float r = coin * cum, cdf = 0.0f;
-    for (int i = 0; i <= last; i++) {
-        cdf += pi[i].prob;
-        if (r < cdf) return pi[i].index;
-    }
-    return pi[last].index;
-}
-
 // Top-p (buckets added whole where float addition allows it, the rest sorted) picks llama2.c's
-// token for every coin: flat distributions of several widths (random-weight models), peaked, tied,
-// one dominant token, probabilities whose additions round halfway; vocabularies of 2 to 32000; top-p 0.5, 0.9 and 0.99; 64 coins each.
+// token for every coin (llama2c_topp.h): flat distributions of several widths (random-weight
+// models), peaked, tied, one dominant token, probabilities whose additions round halfway;
+// vocabularies of 2 to 32000; top-p 0.5, 0.9 and 0.99; 64 coins each.
 static void test_topp_matches_llama2c(void) {
     enum { N = 32000, COINS = 64 };
     static float p[N];
