@@ -149,11 +149,11 @@ SIMD_INLINE void panel_f32(float *y, const float *x, const float *panels, int n,
 
 // The P panels from row i for all B tokens, 4 at a time. The first tile reads the panels from
 // wherever they are (DRAM for a classifier), the others from L2. From 8 tokens on, the tiles after
-// the first also fetch the next panels (up to row i1) into L2, a line per column spread over the tiles, while
-// they compute: the next panels' first tile then waits less on DRAM (stories15M's classifier at 32
-// tokens, one core: 83-87 -> 89-93 GFLOP/s; batches of 32: +3%). A single token has no second
-// tile: decoding streams, the hardware prefetchers follow it, and software prefetch there measured
-// slower.
+// the first also fetch the next panels (up to row i1) into L2 while they compute, a line per column
+// spread over the tiles: the next panels' first tile then waits less on DRAM (stories15M's
+// classifier at 32 tokens, one core: 83-87 -> 89-93 GFLOP/s; batches of 32: +3%). A single token
+// has no second tile: decoding streams, the hardware prefetchers follow it, and software prefetch
+// there measured slower.
 SIMD_INLINE void panels_f32_tokens(float *y, const float *x, const float *panels, int n, int d, int i, int i1, int P, int B) {
     int rest = (i1 - i) / 16 - P, lines = (rest < 4 ? rest : 4) * n, tiles = B / 4;
     const float *next = panels + (size_t)(i / 16 + P) * 16 * n;
@@ -275,12 +275,12 @@ static void head_values_fast(float *out, const float *att, const float *values, 
 }
 
 // run.c's candidates() 16 probabilities at a time: one comparison gives the mask of those at or
-// above the cutoff (and of the keys for the least and greatest), and vpcompressd packs their keys (the complemented bits) and indexes to the
-// front of two registers, which are interleaved into 8-byte words and stored under a mask; the
-// next store starts where the kept ones end. No branch and no per-item store: top-p's filter of a
-// 32000-token vocabulary takes about 4 us instead of 18. (Compress into a register, then a plain
-// store: vpcompressd straight to memory is microcoded and slow on AMD's Zen 4.)
-// Assumes AVX-512F; w has room for n words.
+// above the cutoff (which also picks the keys for the least and greatest), and vpcompressd packs
+// their keys (the complemented bits) and indexes to the front of two registers, which are
+// interleaved into 8-byte words and stored under a mask; the next store starts where the kept ones
+// end. No branch and no per-item store: top-p's filter of a 32000-token vocabulary takes about
+// 9 us instead of 18. (Compress into a register, then a masked store: vpcompressd straight to
+// memory is microcoded and slow on AMD's Zen 4.) Assumes AVX-512F; w has room for n words.
 static int candidates_fast(uint64_t *w, const float *p, int n, float cutoff, uint32_t range[2]) {
     const __m512i lo_pairs = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i hi_pairs = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);

@@ -6,9 +6,9 @@
  *
  * Times bl_sample at temperature 1 with top-p 0.9 (run.c: filter, buckets of candidates added
  * whole where float addition allows, the others sorted), with top-p off (softmax + one multinomial
- * draw: what every sampled token costs anyway), and llama2.c's algorithm (filter, qsort, two walks)
- * for comparison, on a flat distribution (random-weight models: every token about 1/32000) and a peaked one (Zipf-like,
- * as trained models give). The top-p cost is the difference to top-p off. Each figure is the best
+ * draw: what every sampled token costs anyway), and llama2.c's algorithm (tests/c/llama2c_topp.h:
+ * filter, qsort, two walks) for comparison, on a flat distribution (random-weight models: every
+ * token about 1/32000) and a peaked one (Zipf-like, as trained models give). The top-p cost is the difference to top-p off. Each figure is the best
  * of 15 rounds of 20 calls (the least disturbed by other programs). It checks nothing
  * (tests/c/test_api.c checks that run.c's top-p picks llama2.c's token).
  */
