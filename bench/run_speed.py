@@ -23,7 +23,8 @@ bench/speed.c (the engine through babyllama.h, OMP_NUM_THREADS=--threads) measur
 - batch: bl_generate_batch of 1 and of --batch stories (t=1, top-p off): new tokens of all
   stories per second, and the ratio.
 Then: 2 threads against 1 (110M fp32 decode), a build without OpenMP against the OpenMP build on
-one thread (15M fp32), and what top-p costs per token (bench/topp.c) beside a 15M token's time.
+one thread (15M fp32), each pair run in turn --engine_runs times (medians), and what top-p costs
+per token (bench/topp.c) beside a 15M token's time.
 The --compare table is the previous issue's: tok/s of ./run, of the bindings and of PyTorch's
 KV-cached generate on the same weights, 1 and 2 threads, median of --runs.
 What it does not do: check correctness (the tests do). Numbers depend on the machine's load: the
@@ -166,11 +167,6 @@ def run_json(cmd, threads, timeout=900):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def speed(binary, model, shape, threads, batch, prefill=200, runs=1):
-    """bench/speed.c's rates; with runs > 1, the median of each over that many runs."""
-    return speeds([binary], model, shape, threads, batch, prefill, runs)[binary]
-
-
 def speeds(binaries, model, shape, threads, batch, prefill=200, runs=1, probe=False):
     """{binary: bench/speed.c's rates}, the binaries run in turn (side by side), `runs` times, the
     median of each rate. probe: a read-bandwidth probe (bench/machine.c) before each round, whose
@@ -187,6 +183,16 @@ def speeds(binaries, model, shape, threads, batch, prefill=200, runs=1, probe=Fa
     if probe:
         out[binaries[0]]["probe"] = statistics.median(probes)
     return out
+
+
+def decode_in_turn(cases, runs):
+    """Median decode tok/s of each (binary, model, shape, threads), the cases run in turn `runs`
+    times: side by side, as this VM's speed moves from minute to minute."""
+    got = [[] for _ in cases]
+    for _ in range(runs):
+        for i, (binary, model, shape, threads) in enumerate(cases):
+            got[i].append(run_json([ROOT / "build" / binary, model, TOKENS[shape][0], 0, 0, 0], threads)["decode"])
+    return [statistics.median(g) for g in got]
 
 
 def engine_table(shapes, models, threads, batch, runs):
@@ -225,14 +231,15 @@ def engine_table(shapes, models, threads, batch, runs):
                   f"{ref['prefill']:.0f} | {ref['prefill'] / ref['decode']:.1f}x | {ref['batch1']:.1f} | "
                   f"{ref['batchN']:.0f} | {ref['batchN'] / ref['batch1']:.1f}x |", flush=True)
     big = "110M" if "110M" in shapes else shapes[-1]
-    t1 = speed("speed", models[(big, "fp32")], big, 1, 0, prefill=0, runs=runs)["decode"]
-    print(f"# threads: stories{big} fp32 decode {t1:.1f} tok/s on 1 thread, {decode[(big, 'fp32')]:.1f} on "
-          f"{threads}: {decode[(big, 'fp32')] / t1:.2f}x (memory read bandwidth: {bw / one['read_gbs']:.2f}x)")
+    big_model = models[(big, "fp32")]
+    t1, tn = decode_in_turn([("speed", big_model, big, 1), ("speed", big_model, big, threads)], runs)
+    print(f"# threads: stories{big} fp32 decode {t1:.1f} tok/s on 1 thread, {tn:.1f} on {threads}, in turn "
+          f"(median of {runs}): {tn / t1:.2f}x (memory read bandwidth: {bw / one['read_gbs']:.2f}x)")
     small = "15M" if "15M" in shapes else shapes[0]
-    omp1 = speed("speed", models[(small, "fp32")], small, 1, 0, prefill=0)["decode"]
-    serial = speed("speed_serial", models[(small, "fp32")], small, 1, 0, prefill=0)["decode"]
+    small_model = models[(small, "fp32")]
+    omp1, serial = decode_in_turn([("speed", small_model, small, 1), ("speed_serial", small_model, small, 1)], runs)
     print(f"# without OpenMP: stories{small} fp32 decode {serial:.1f} tok/s, with OpenMP on 1 thread "
-          f"{omp1:.1f} tok/s ({serial / omp1:.2f}x)")
+          f"{omp1:.1f} tok/s, in turn (median of {runs}): {serial / omp1:.2f}x")
     tp = run_json([ROOT / "build" / "topp"], 1)
     for dist in ("flat", "peaked"):
         x = tp[dist]
