@@ -203,6 +203,10 @@ def engine_table(shapes, models, threads, batch, runs):
     print(f"# machine: memory read {one['read_gbs']:.1f} GB/s (1 thread), {bw:.1f} GB/s ({threads} threads); "
           f"fp32 FMA peak {one['fma_gflops']:.0f} GFLOP/s (1 thread), {many['fma_gflops']:.0f} GFLOP/s "
           f"({threads} threads)")
+    scaling = many["fma_gflops"] / one["fma_gflops"]
+    if scaling < 0.9 * threads:  # on a shared VM a core can be partly taken by another guest
+        print(f"# warning: {threads} threads compute only {scaling:.2f}x one thread's FMA peak: a core is partly "
+              f"taken by other work, so whatever needs all {threads} threads (prompts, batches) reads low in this run")
     print(f"# engine: {threads} threads, median of {runs} runs (fast and reference builds in turn); decode from BOS with t=1.0 and top-p off "
           f"(llama2.c's -t 1.0 -p 1.0, as in issue 4's figures), and with top-p 0.9 (./run's default); "
           f"floor = read bandwidth / weight bytes, the bandwidth probed again just before each run (this VM's "
