@@ -738,7 +738,7 @@ struct bl_state {
     float *att;                      // [rows, n_heads, n_pos] attention weights
     float *rope;                     // [rows, head_size] RoPE's cos, sin at each row's position
     float *logits;                   // [rows, V]
-    float *key_cache, *value_cache;  // [n_seq, L, n_pos, KV]
+    float *key_cache, *value_cache;  // [n_seq, L, n_kv_heads, n_pos, head_size]
     int8_t *xq;                      // [rows, max(D, H)] activations quantized for int8 matmuls (version 2)
     float *xs;                       // [rows, max(D, H) / gs] their scales
     int32_t *xo;                     // [rows, max(D, H) / gs] their offsets for int8 panels (q8_offsets)
@@ -894,10 +894,12 @@ static void embed(float *x, const Tensor *e, int token) {
     for (int i = 0; i < e->cols; i++) x[i] = q[at + i] * load_f32(scales + (at + i) / e->gs * 4);
 }
 
-// Layer l's key (value) cache row of position pos in sequence seq.
-static float *cache_row(const bl_state *s, float *cache, int seq, int l, int pos) {
+// Layer l's key (value) cache of KV head h in sequence seq: [n_pos, head_size], one head's
+// positions one after another, so that attention reads each head's cache as one stream (not a
+// slice of every position's row): 110M int8 decoding 256 positions +5%, side by side.
+static float *cache_head(const bl_state *s, float *cache, int seq, int l, int h) {
     const bl_config *p = &s->m->cfg;
-    return cache + (((size_t)seq * p->n_layers + l) * s->n_pos + pos) * kv_dim(p);
+    return cache + (((size_t)seq * p->n_layers + l) * p->n_kv_heads + h) * s->n_pos * (p->dim / p->n_heads);
 }
 
 // A step of layer l over the pass's rows (attention, RoPE, SwiGLU): items are rows or (row, head).
@@ -913,15 +915,15 @@ static void attention_head(void *arg, int bh) {
     const LayerTask *t = arg;
     bl_state *s = t->s;
     const bl_config *p = &s->m->cfg;
-    int hs = p->dim / p->n_heads, KV = kv_dim(p), group = p->n_heads / p->n_kv_heads;
+    int hs = p->dim / p->n_heads, group = p->n_heads / p->n_kv_heads;
     int b = bh / p->n_heads, h = bh % p->n_heads, pos = s->pos[b];
     const float *q = s->q + (size_t)b * p->dim + (size_t)h * hs;
-    const float *keys = cache_row(s, s->key_cache, s->seq[b], t->l, 0) + (size_t)(h / group) * hs;
-    const float *values = cache_row(s, s->value_cache, s->seq[b], t->l, 0) + (size_t)(h / group) * hs;
+    const float *keys = cache_head(s, s->key_cache, s->seq[b], t->l, h / group);
+    const float *values = cache_head(s, s->value_cache, s->seq[b], t->l, h / group);
     float *att = s->att + (size_t)bh * s->n_pos, *xb = s->xb + (size_t)b * p->dim + (size_t)h * hs;
-    head_scores_fast(att, q, keys, KV, hs, pos);
+    head_scores_fast(att, q, keys, hs, hs, pos);
     softmax(att, pos + 1);
-    head_values_fast(xb, att, values, KV, hs, pos);
+    head_values_fast(xb, att, values, hs, hs, pos);
 }
 
 // s->xb = attention for every row and head of the pass.
@@ -961,8 +963,11 @@ static void rope_row(void *arg, int b) {
     const float *cs = s->rope + (size_t)b * hs;
     rope(s->q + (size_t)b * D, D, hs, cs);
     rope(s->k + (size_t)b * KV, KV, hs, cs);
-    memcpy(cache_row(s, s->key_cache, s->seq[b], t->l, s->pos[b]), s->k + (size_t)b * KV, (size_t)KV * sizeof(float));
-    memcpy(cache_row(s, s->value_cache, s->seq[b], t->l, s->pos[b]), s->v + (size_t)b * KV, (size_t)KV * sizeof(float));
+    for (int h = 0; h < p->n_kv_heads; h++) {
+        size_t at = (size_t)s->pos[b] * hs, from = (size_t)b * KV + (size_t)h * hs;
+        memcpy(cache_head(s, s->key_cache, s->seq[b], t->l, h) + at, s->k + from, (size_t)hs * sizeof(float));
+        memcpy(cache_head(s, s->value_cache, s->seq[b], t->l, h) + at, s->v + from, (size_t)hs * sizeof(float));
+    }
 }
 
 static void swiglu_row(void *arg, int b) {
