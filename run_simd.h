@@ -226,6 +226,21 @@ SIMD_INLINE void head_scores_nv(float *att, const float *q, const float *keys, i
     }
 }
 
+// Ask for one head's keys and values (n floats each, a few KB in a batch) before its scores.
+// A (row, head) item reads two short streams from L3 or DRAM, too short for the hardware
+// prefetchers to ramp up: loads stalled on every line. Requested all at once (into L2; capped, as
+// a long context's streams train the prefetchers anyway), they arrive together: attention of 32
+// stories at position 32, 1.5-1.8x faster (1 and 2 threads); 110M at position 200, 1.25x; whole
+// batches of 32 on 15M, +1-2% (side by side, 9 runs).
+#define FETCH_MAX_FLOATS 16384  // 64 KB of each
+static void fetch_head(const float *keys, const float *values, size_t n) {
+    n = n < FETCH_MAX_FLOATS ? n : FETCH_MAX_FLOATS;
+    for (size_t j = 0; j < n; j += 16) {
+        _mm_prefetch((const char *)(keys + j), _MM_HINT_T1);
+        _mm_prefetch((const char *)(values + j), _MM_HINT_T1);
+    }
+}
+
 static void head_scores_fast(float *att, const float *q, const float *keys, int stride, int hs, int pos) {
     switch (hs) {  // a constant NV unrolls the loops over the vectors of a row
     case 16: head_scores_nv(att, q, keys, stride, hs, pos, 1); break;
