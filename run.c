@@ -642,6 +642,8 @@ static void add(float *x, const float *y, size_t n) {
 #define head_values_fast head_values
 #define candidates_fast candidates
 #define fetch_head(keys, values, n) ((void)0)
+#define rmsnorm_fast rmsnorm
+#define rope_fast rope
 #endif
 
 static void exp_chunk(void *arg, int c) {
@@ -948,7 +950,7 @@ typedef struct {
 
 static void norm_row(void *arg, int b) {
     const NormTask *t = arg;
-    rmsnorm(t->o + (size_t)b * t->n, t->x + (size_t)b * t->n, t->weight, t->n);
+    rmsnorm_fast(t->o + (size_t)b * t->n, t->x + (size_t)b * t->n, t->weight, t->n);
 }
 
 // rmsnorm of B rows of n values; in parallel for a prompt or a batch (its sum is one chain of
@@ -965,8 +967,8 @@ static void rope_row(void *arg, int b) {
     const bl_config *p = &s->m->cfg;
     int D = p->dim, KV = kv_dim(p), hs = p->dim / p->n_heads;
     const float *cs = s->rope + (size_t)b * hs;
-    rope(s->q + (size_t)b * D, D, hs, cs);
-    rope(s->k + (size_t)b * KV, KV, hs, cs);
+    rope_fast(s->q + (size_t)b * D, D, hs, cs);
+    rope_fast(s->k + (size_t)b * KV, KV, hs, cs);
     for (int h = 0; h < p->n_kv_heads; h++) {
         size_t at = (size_t)s->pos[b] * hs, from = (size_t)b * KV + (size_t)h * hs;
         memcpy(cache_head(s, s->key_cache, s->seq[b], t->l, h) + at, s->k + from, (size_t)hs * sizeof(float));
