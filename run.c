@@ -678,6 +678,19 @@ static void release(const char *p, size_t n) {
 #endif
 }
 
+// n bytes in 2 MB pages where the kernel gives them (Linux's transparent huge pages, on request).
+// Decoding streams every weight once per token: with 4 KB pages every page costs a TLB miss, and
+// the hardware prefetchers stop at each 4 KB boundary. Side by side (9 runs, bench/README.md):
+// decoding 1.13-1.51x on the six benchmark models, batches of 32 1.01-1.20x, prompts unchanged.
+static char *alloc_huge(size_t n) {
+    size_t huge = (size_t)2 << 20, size = (n + huge - 1) / huge * huge;
+    char *p = aligned_alloc(huge, size);
+#ifdef MADV_HUGEPAGE
+    if (p) madvise(p, size, MADV_HUGEPAGE);  // before the first touch; where refused, 4 KB pages
+#endif
+    return p;
+}
+
 // The matrices pack_weights repacks, each layer an item of a parallel loop.
 typedef struct {
     Tensor *mats[8];
@@ -714,7 +727,7 @@ static void pack_weights(bl_model *m) {
         t.first[k + 1] = t.first[k] + t.layers[k];
         total += (size_t)t.mats[k]->stride * (size_t)t.layers[k];
     }
-    if (total == 0 || !(m->packed = aligned_alloc(64, (total + 63) / 64 * 64))) return;
+    if (total == 0 || !(m->packed = alloc_huge(total))) return;
     for (size_t k = 0, at = 0; k < 8; at += (size_t)t.mats[k]->stride * (size_t)t.layers[k], k++) t.dst[k] = m->packed + at;
     parallel_for(pack_item, &t, t.first[8], (long)(total / 4));
     for (int k = 0; k < 8; k++)
