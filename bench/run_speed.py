@@ -1,7 +1,7 @@
 """
 Speed of the C engine beside the machine's limits, as tables.
 
-    python bench/run_speed.py                  # the engine table: 15M, 42M, 110M shapes (~3 minutes)
+    python bench/run_speed.py                  # the engine table: 15M, 42M, 110M shapes (~6 minutes)
     python bench/run_speed.py --shapes 15M     # one shape
     python bench/run_speed.py --compare        # also ./run, the bindings and PyTorch, 1 and 2 threads
 
