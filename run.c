@@ -966,7 +966,7 @@ static void norm_row(void *arg, int b) {
     rmsnorm_fast(t->o + (size_t)b * t->n, t->x + (size_t)b * t->n, t->weight, t->n);
 }
 
-// rmsnorm of B rows of n values; in parallel for a prompt or a batch (its sum is one chain of
+// rmsnorm of B rows of n values; in parallel for a prompt or a batch (run.c's sum is one chain of
 // dependent additions: weighed as 16 multiply-adds a value).
 static void rmsnorm_rows(float *o, const float *x, const float *weight, int n, int B) {
     NormTask t = {o, x, weight, n};
@@ -982,8 +982,9 @@ static void rope_row(void *arg, int b) {
     const float *cs = s->rope + (size_t)b * hs;
     rope_fast(s->q + (size_t)b * D, D, hs, cs);
     rope_fast(s->k + (size_t)b * KV, KV, hs, cs);
+    size_t at = (size_t)s->pos[b] * hs;  // this position's row in each head's cache
     for (int h = 0; h < p->n_kv_heads; h++) {
-        size_t at = (size_t)s->pos[b] * hs, from = (size_t)b * KV + (size_t)h * hs;
+        size_t from = (size_t)b * KV + (size_t)h * hs;
         memcpy(cache_head(s, s->key_cache, s->seq[b], t->l, h) + at, s->k + from, (size_t)hs * sizeof(float));
         memcpy(cache_head(s, s->value_cache, s->seq[b], t->l, h) + at, s->v + from, (size_t)hs * sizeof(float));
     }

@@ -323,8 +323,8 @@ static int candidates_fast(uint64_t *w, const float *p, int n, float cutoff, uin
 
 // ---- the steps between the matrix products ---------------------------------------------------
 // run.c's rmsnorm with the sum of squares in 16 lanes, then a tree, instead of one chain of n
-// dependent additions (a prompt of 200 rows does 2,400 of them per layer): the same result up to
-// float rounding. Assumes n a multiple of 16, else run.c's loop runs.
+// dependent additions (a 200-token prompt on stories15M runs 2,400 such chains of 288): the same
+// result up to float rounding. Assumes n a multiple of 16, else run.c's loop runs.
 static void rmsnorm_fast(float *o, const float *x, const float *weight, int n) {
     if (n % 16) {
         rmsnorm(o, x, weight, n);
