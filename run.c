@@ -682,7 +682,12 @@ static void release(const char *p, size_t n) {
 // Decoding streams every weight once per token: with 4 KB pages every page costs a TLB miss, and
 // the hardware prefetchers stop at each 4 KB boundary. Side by side (9 runs, bench/README.md):
 // decoding 1.13-1.51x on the six benchmark models, batches of 32 1.01-1.20x, prompts unchanged.
+// Under HUGE_MIN bytes, 4 KB pages as before: a 2 MB page is zeroed whole at its first touch,
+// more than a small model saves (and the fuzzers, which open one tiny model per input, ran 10x
+// slower).
+#define HUGE_MIN ((size_t)8 << 20)
 static char *alloc_huge(size_t n) {
+    if (n < HUGE_MIN) return aligned_alloc(64, (n + 63) / 64 * 64);
     size_t huge = (size_t)2 << 20, size = (n + huge - 1) / huge * huge;
     char *p = aligned_alloc(huge, size);
 #ifdef MADV_HUGEPAGE
