@@ -1389,8 +1389,8 @@ struct bl_sampler {
     int top_k;               // 0: off
     unsigned long long rng;  // xorshift* state
     uint64_t *cand, *spare;  // [vocab_size] top-p / top-k candidates as words (candidate()); the sort's other buffer
-    float *cum;              // [vocab_size + TOPP_BUCKETS + 1] top-k's sorted probabilities, then their running
-                             // sums; top-p's sums before each bucket
+    float *cum;              // [max(vocab_size, TOPP_BUCKETS + 1)] top-k's sorted probabilities, then their
+                             // running sums; or top-p's sums before each bucket
     float *prob;             // [vocab_size] the probabilities of a top-p bucket
     int *start;              // [TOPP_BUCKETS + 1] where each top-p bucket begins in spare
 };
@@ -1648,7 +1648,8 @@ int bl_sampler_new(int vocab_size, float temperature, float top_p, int top_k,
     if (seed == 0) return fail(err, errlen, BL_ERR_ARG, "seed 0: the generator needs a nonzero seed");
     bl_sampler *s = calloc(1, sizeof *s);
     uint64_t *cand = calloc((size_t)vocab_size, sizeof(uint64_t)), *spare = calloc((size_t)vocab_size, sizeof(uint64_t));
-    float *cum = calloc((size_t)vocab_size + TOPP_BUCKETS + 1, sizeof(float)), *prob = calloc((size_t)vocab_size, sizeof(float));
+    size_t n_cum = vocab_size > TOPP_BUCKETS ? (size_t)vocab_size : TOPP_BUCKETS + 1;  // top-k's or top-p's, never both
+    float *cum = calloc(n_cum, sizeof(float)), *prob = calloc((size_t)vocab_size, sizeof(float));
     int *start = calloc(TOPP_BUCKETS + 1, sizeof(int));
     if (!s || !cand || !spare || !cum || !prob || !start) {
         free(s), free(cand), free(spare), free(cum), free(prob), free(start);
